@@ -1,0 +1,4 @@
+//! deprovd: a SCIM 2.0 service provider that turns user lifecycle changes into action on MFA
+//! factors and sessions. See `../shared/DESIGN.md` for the flow; each module's doc says its job.
+
+pub mod scim;

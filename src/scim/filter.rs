@@ -1,0 +1,64 @@
+//! SCIM filter expressions (RFC 7644 §3.4.2.2) and PATCH paths (§3.5.2): the AST, a bounded
+//! parser that never recurses without limit, a printer whose output parses back to the same AST,
+//! and in-memory evaluation against a JSON resource. No I/O here; `directory/` turns the AST into
+//! SQL.
+
+use serde_json::Number;
+
+/// `urn:...:User:name.givenName` → urn = Some("urn:...:User"), attr = "name", sub_attr = Some("givenName").
+/// Names keep the letter case they were written in; matching against the schema is case-insensitive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttrPath {
+    pub urn: Option<String>,
+    pub attr: String,
+    pub sub_attr: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareOp {
+    Eq,
+    Ne,
+    Co,
+    Sw,
+    Ew,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+/// A comparison literal, as written in the filter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompValue {
+    Null,
+    Bool(bool),
+    Number(Number),
+    String(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// `attr pr`
+    Present(AttrPath),
+    /// `attr op value`
+    Compare(AttrPath, CompareOp, CompValue),
+    Not(Box<Filter>),
+    And(Box<Filter>, Box<Filter>),
+    Or(Box<Filter>, Box<Filter>),
+    /// `emails[type eq "work" and primary eq true]`: the path names a multi-valued (complex)
+    /// attribute; paths inside the inner filter are relative to one element of it
+    /// (`AttrPath { urn: None, attr: "type", sub_attr: None }`).
+    ValuePath(AttrPath, Box<Filter>),
+}
+
+/// A PATCH operation's `path` (RFC 7644 §3.5.2):
+/// `attrPath` | `valuePath [ "." subAttr ]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchPath {
+    /// The attribute (and, without a value filter, possibly its sub-attribute).
+    pub attr: AttrPath,
+    /// `emails[type eq "work"]` → the filter selecting elements.
+    pub value_filter: Option<Filter>,
+    /// `emails[type eq "work"].value` → Some("value") (only with a value filter).
+    pub sub_attr: Option<String>,
+}
