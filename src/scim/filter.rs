@@ -5,6 +5,16 @@
 
 use serde_json::Number;
 
+mod display;
+mod eval;
+mod parse;
+
+use display::canonical_depth;
+pub use eval::{matches, matches_element, values_at};
+pub use parse::{
+    parse_attr_path, parse_filter, parse_patch_path, MAX_COMPARISONS, MAX_DEPTH, MAX_FILTER_CHARS,
+};
+
 /// `urn:...:User:name.givenName` → urn = Some("urn:...:User"), attr = "name", sub_attr = Some("givenName").
 /// Names keep the letter case they were written in; matching against the schema is case-insensitive.
 #[derive(Debug, Clone, PartialEq)]
@@ -12,6 +22,26 @@ pub struct AttrPath {
     pub urn: Option<String>,
     pub attr: String,
     pub sub_attr: Option<String>,
+}
+
+impl AttrPath {
+    /// A plain attribute: `userName`.
+    pub fn new(attr: impl Into<String>) -> Self {
+        AttrPath {
+            urn: None,
+            attr: attr.into(),
+            sub_attr: None,
+        }
+    }
+
+    /// An attribute and its sub-attribute: `name.givenName`.
+    pub fn with_sub(attr: impl Into<String>, sub_attr: impl Into<String>) -> Self {
+        AttrPath {
+            urn: None,
+            attr: attr.into(),
+            sub_attr: Some(sub_attr.into()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +55,36 @@ pub enum CompareOp {
     Ge,
     Lt,
     Le,
+}
+
+impl CompareOp {
+    /// Every operator, in RFC order (`pr` is not one: it takes no value, see [`Filter::Present`]).
+    pub const ALL: [CompareOp; 9] = [
+        CompareOp::Eq,
+        CompareOp::Ne,
+        CompareOp::Co,
+        CompareOp::Sw,
+        CompareOp::Ew,
+        CompareOp::Gt,
+        CompareOp::Ge,
+        CompareOp::Lt,
+        CompareOp::Le,
+    ];
+
+    /// The operator as written in a filter, lowercase.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CompareOp::Eq => "eq",
+            CompareOp::Ne => "ne",
+            CompareOp::Co => "co",
+            CompareOp::Sw => "sw",
+            CompareOp::Ew => "ew",
+            CompareOp::Gt => "gt",
+            CompareOp::Ge => "ge",
+            CompareOp::Lt => "lt",
+            CompareOp::Le => "le",
+        }
+    }
 }
 
 /// A comparison literal, as written in the filter.

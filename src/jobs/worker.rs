@@ -1,0 +1,177 @@
+//! Job workers: each leases a batch of due jobs, runs them concurrently through
+//! `engine::run_job`, and records the outcome (done, backed off, or dead-lettered). Idle
+//! workers wake on a local nudge (a job was just enqueued here) or on a periodic poll (due jobs,
+//! jobs other replicas enqueued, leases that ran out). Not here: what a job does, SQL.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::store::{self, FailOutcome};
+use super::{nudge, nudge_handle, Job};
+use crate::engine::EngineCtx;
+use crate::store::{ts_from, Engine};
+
+/// Running workers; [`Workers::shutdown`] stops them after their current batch. Dropping this
+/// handle detaches the workers (they keep running until the runtime ends).
+pub struct Workers {
+    stop: watch::Sender<bool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Asks every worker to stop, and waits for the jobs they are running to finish and be
+    /// recorded. Jobs not yet leased stay in the table for the next start.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        nudge_handle().notify_waiters();
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+}
+
+/// Starts `n` workers (at least one) on the current tokio runtime. On SQLite (one process owns
+/// the database) jobs a previous process left running are made runnable at once.
+pub fn spawn_workers(ctx: EngineCtx, n: usize) -> Workers {
+    let (stop, rx) = watch::channel(false);
+    let mut handles = Vec::new();
+    let recover = ctx.db.engine == Engine::Sqlite;
+    let process = uuid::Uuid::new_v4().simple().to_string();
+    for i in 0..n.max(1) {
+        let ctx = ctx.clone();
+        let rx = rx.clone();
+        let id = format!("{}-{}-{i}", std::process::id(), &process[..8]);
+        handles.push(tokio::spawn(async move {
+            if i == 0 && recover {
+                match store::recover_running(&ctx.db).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(jobs = n, "jobs left running by a previous process are runnable again"),
+                    Err(e) => tracing::error!(error = %e, "cannot recover running jobs"),
+                }
+                nudge_handle().notify_waiters();
+            }
+            worker_loop(ctx, id, i, rx).await
+        }));
+    }
+    Workers { stop, handles }
+}
+
+async fn worker_loop(ctx: EngineCtx, id: String, index: usize, mut stop: watch::Receiver<bool>) {
+    let cfg = ctx.jobs.clone();
+    // After a nudge that found nothing, look again a few times soon: on PostgreSQL the nudge
+    // comes before the enqueuing transaction commits.
+    let mut quick: u32 = 0;
+    let mut last_housekeeping = Instant::now();
+    let mut detached = false;
+    tracing::debug!(worker = %id, "job worker started");
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        match store::lease(&ctx.db, &id, cfg.batch, cfg.lease).await {
+            Ok(jobs) if !jobs.is_empty() => {
+                if jobs.len() >= cfg.batch {
+                    // Probably more waiting: wake a sibling rather than leave it for the poll.
+                    nudge();
+                }
+                run_batch(&ctx, &id, jobs).await;
+                quick = 0;
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(worker = %id, error = %e, "cannot lease jobs"),
+        }
+        if index == 0 && last_housekeeping.elapsed() > Duration::from_secs(600) {
+            last_housekeeping = Instant::now();
+            let keep = chrono::Duration::from_std(cfg.keep_done).unwrap_or(chrono::Duration::days(7));
+            let before = ts_from(chrono::Utc::now() - keep);
+            if let Err(e) = store::purge_done(&ctx.db, &before).await {
+                tracing::warn!(error = %e, "cannot purge done jobs");
+            }
+        }
+        let wait = if quick > 0 {
+            Duration::from_millis(5u64 << (3 - quick.min(3)))
+        } else {
+            cfg.poll
+        };
+        tokio::select! {
+            biased;
+            r = stop.changed(), if !detached => {
+                // The handle was dropped without shutdown: keep working, like a detached task.
+                detached = r.is_err();
+            }
+            _ = nudge_handle().notified() => { quick = 3; }
+            _ = tokio::time::sleep(wait) => { quick = quick.saturating_sub(1); }
+        }
+    }
+    tracing::debug!(worker = %id, "job worker stopped");
+}
+
+async fn run_batch(ctx: &EngineCtx, worker: &str, jobs: Vec<Job>) {
+    let tasks: Vec<_> = jobs
+        .into_iter()
+        .map(|job| {
+            let ctx = ctx.clone();
+            let worker = worker.to_string();
+            tokio::spawn(async move { run_one(&ctx, &worker, job).await })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Runs one leased job and records its outcome.
+pub async fn run_one(ctx: &EngineCtx, worker: &str, job: Job) {
+    let started = Instant::now();
+    let run = {
+        let ctx = ctx.clone();
+        let job = job.clone();
+        // Its own task: a panic in a handler fails this job, not the worker.
+        tokio::spawn(async move {
+            tokio::time::timeout(ctx.jobs.lease, crate::engine::run_job(&ctx, &job)).await
+        })
+    };
+    let outcome = match run.await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err((e.message, e.retryable)),
+        Ok(Err(_)) => Err(("timed out (ran past its lease)".to_string(), true)),
+        Err(e) => Err((format!("handler panicked: {e}"), true)),
+    };
+    match outcome {
+        Ok(()) => {
+            tracing::debug!(job = %job.id, kind = %job.kind, ms = started.elapsed().as_millis() as u64, "job done");
+            if let Err(e) = store::complete(&ctx.db, &job.id, worker).await {
+                // The job stays running; its lease runs out and it runs again (idempotent).
+                tracing::warn!(job = %job.id, error = %e, "cannot mark job done");
+            }
+        }
+        Err((message, retryable)) => {
+            match store::fail(&ctx.db, &job, worker, &message, retryable, &ctx.jobs).await {
+                Ok(FailOutcome::Retry { due }) => tracing::warn!(
+                    job = %job.id, kind = %job.kind, tenant = %job.tenant_id,
+                    attempt = job.attempts, error = %message, %due, "job failed; will retry"
+                ),
+                Ok(FailOutcome::Dead) => tracing::error!(
+                    job = %job.id, kind = %job.kind, tenant = %job.tenant_id,
+                    user = job.user_id.as_deref().unwrap_or(""), attempts = job.attempts,
+                    error = %message, "job dead-lettered: needs an admin (jobs list --state dead)"
+                ),
+                Ok(FailOutcome::LeaseLost) => {
+                    tracing::warn!(job = %job.id, "job failed after its lease was lost")
+                }
+                Err(e) => tracing::error!(job = %job.id, error = %e, "cannot record job failure"),
+            }
+        }
+    }
+}

@@ -1,0 +1,805 @@
+//! Database access shared by every storage module: connecting (SQLite file or PostgreSQL),
+//! running the embedded migrations, timestamps in the one text format all tables use, and
+//! [`Db::write`], the single entry point for every write in the service.
+//!
+//! On SQLite, `Db::write` funnels all writes through one writer task that owns a dedicated
+//! connection and commits many callers' operations in one transaction (group commit), so
+//! concurrent requests share one fsync while each keeps its own all-or-nothing outcome (a
+//! SAVEPOINT per operation). On PostgreSQL every write is its own transaction on a pooled
+//! connection. Callers see the same contract on both: when `write` returns `Ok`, the change is
+//! committed and durable.
+//!
+//! Not here: any table's SQL other than `schema_migrations` (see `directory/` and each module's
+//! own `store.rs`), and tenants/tokens (`store/tenants.rs`, owned by auth).
+
+pub mod migrations;
+pub mod tenants;
+pub mod testing;
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection};
+use tokio::sync::{mpsc, oneshot};
+
+/// Which database engine a [`Db`] talks to; the few SQL differences branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The writer task is gone (shutdown); nothing was written.
+    #[error("the database writer has stopped")]
+    Closed,
+    #[error("database configuration: {0}")]
+    Config(String),
+    /// This write was in a group-commit batch whose transaction could not be committed (or the
+    /// operation panicked): nothing of it was written. Safe to retry.
+    #[error("write aborted, nothing was written: {0}")]
+    Aborted(String),
+    /// `Db::write` was called from inside a write operation; that would deadlock on SQLite.
+    #[error("Db::write called inside a write operation (writes must not nest)")]
+    Nested,
+}
+
+/// Tuning for [`Db::connect_with`].
+#[derive(Debug, Clone, Default)]
+pub struct DbOptions {
+    /// Pool size for reads (and PostgreSQL writes). Default: SQLite 2×cores+2, PostgreSQL 10.
+    pub max_connections: Option<u32>,
+}
+
+/// How many queued writes the SQLite writer folds into one transaction at most.
+const MAX_BATCH: usize = 256;
+/// Queue depth in front of the SQLite writer; callers wait (backpressure) beyond it.
+const WRITE_QUEUE: usize = 4096;
+
+/// A handle on the database: a read pool plus the write path. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub engine: Engine,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// SQLite only: the queue in front of the writer task.
+    writer: Option<mpsc::Sender<Box<dyn WriteJob>>>,
+    stats: Arc<WriteStats>,
+    /// Test databases clean themselves up when the last handle goes away.
+    _cleanup: Option<testing::Cleanup>,
+}
+
+#[derive(Default)]
+struct WriteStats {
+    batches: AtomicU64,
+    ops: AtomicU64,
+}
+
+tokio::task_local! {
+    /// Set while a write operation runs, so a nested `Db::write` fails fast instead of
+    /// deadlocking the SQLite writer (which would wait for itself).
+    static IN_WRITE: ();
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Now, UTC, in the fixed text format every table uses (text order is time order).
+pub fn now_ts() -> String {
+    ts_from(Utc::now())
+}
+
+/// `t` in the fixed text format: `2024-05-01T12:00:00.000000Z`.
+pub fn ts_from(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// Whether `e` is a unique-constraint violation, on either engine through the Any driver.
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    let Some(db) = e.as_database_error() else {
+        return false;
+    };
+    if db.is_unique_violation() {
+        return true;
+    }
+    let code = db.code();
+    if matches!(code.as_deref(), Some("2067") | Some("1555") | Some("23505")) {
+        return true;
+    }
+    let msg = db.message();
+    msg.contains("UNIQUE constraint failed") || msg.contains("duplicate key value")
+}
+
+enum Target {
+    Sqlite { url: String },
+    Postgres { url: String },
+}
+
+/// Normalise a database URL: SQLite URLs get `mode=rwc` (create the file if missing).
+fn parse_url(url: &str) -> Result<Target, StoreError> {
+    let url = url.trim();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Target::Postgres {
+            url: url.to_string(),
+        });
+    }
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let (path, query) = match rest.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (rest, None),
+        };
+        if path.is_empty() || path == ":memory:" || path.contains("mode=memory") {
+            return Err(StoreError::Config(
+                "an in-memory SQLite database cannot be shared by the writer and the read pool; \
+                 use a file (sqlite://deprovd.db)"
+                    .into(),
+            ));
+        }
+        let query = match query {
+            Some(q) if q.split('&').any(|kv| kv.starts_with("mode=")) => q.to_string(),
+            Some(q) if !q.is_empty() => format!("{q}&mode=rwc"),
+            _ => "mode=rwc".to_string(),
+        };
+        return Ok(Target::Sqlite {
+            url: format!("sqlite://{path}?{query}"),
+        });
+    }
+    Err(StoreError::Config(format!(
+        "unsupported database URL {:?}: use sqlite://PATH or postgres://…",
+        url.split('@').next_back().unwrap_or("")
+    )))
+}
+
+/// `synchronous` for SQLite. FULL (the default) makes every commit durable across power loss;
+/// `DEPROVD_SQLITE_SYNCHRONOUS=NORMAL` trades that for speed (a power cut may lose the last
+/// commits, which breaks "a 2xx means it will happen"): for benchmarks only.
+fn sqlite_synchronous() -> &'static str {
+    match std::env::var("DEPROVD_SQLITE_SYNCHRONOUS")
+        .ok()
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        Some("NORMAL") => "NORMAL",
+        Some("OFF") => "OFF",
+        _ => "FULL",
+    }
+}
+
+fn sqlite_pragmas(conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    let sql = format!(
+        "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; \
+         PRAGMA foreign_keys = ON;",
+        sqlite_synchronous()
+    );
+    Box::pin(async move { exec(conn, &sql).await })
+}
+
+fn default_pool_size(engine: Engine) -> u32 {
+    match engine {
+        Engine::Sqlite => {
+            let cores = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2);
+            (2 * cores + 2).min(64) as u32
+        }
+        Engine::Postgres => 10,
+    }
+}
+
+impl Db {
+    /// Connect, create the SQLite file if missing, and run pending migrations.
+    pub async fn connect(url: &str) -> Result<Db, StoreError> {
+        Self::connect_with(url, DbOptions::default()).await
+    }
+
+    pub async fn connect_with(url: &str, opts: DbOptions) -> Result<Db, StoreError> {
+        Self::open(url, opts, None).await
+    }
+
+    pub(crate) async fn open(
+        url: &str,
+        opts: DbOptions,
+        cleanup: Option<testing::Cleanup>,
+    ) -> Result<Db, StoreError> {
+        sqlx::any::install_default_drivers();
+        let target = parse_url(url)?;
+        let stats = Arc::new(WriteStats::default());
+        match target {
+            Target::Postgres { url } => {
+                let size = opts
+                    .max_connections
+                    .unwrap_or_else(|| default_pool_size(Engine::Postgres));
+                let pool = AnyPoolOptions::new()
+                    .max_connections(size.max(1))
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect(&url)
+                    .await?;
+                let db = Db {
+                    pool,
+                    engine: Engine::Postgres,
+                    inner: Arc::new(Inner {
+                        writer: None,
+                        stats,
+                        _cleanup: cleanup,
+                    }),
+                };
+                let mut conn = db.pool.acquire().await?;
+                migrations::run(&mut conn, Engine::Postgres).await?;
+                Ok(db)
+            }
+            Target::Sqlite { url } => {
+                let connect_opts = AnyConnectOptions::from_str(&url)?;
+                // The writer's own connection: set WAL before any reader opens the file.
+                let mut wconn = connect_opts.connect().await?;
+                sqlite_pragmas(&mut wconn).await?;
+                migrations::run(&mut wconn, Engine::Sqlite).await?;
+                let size = opts
+                    .max_connections
+                    .unwrap_or_else(|| default_pool_size(Engine::Sqlite));
+                let pool = AnyPoolOptions::new()
+                    .max_connections(size.max(1))
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move { sqlite_pragmas(conn).await })
+                    })
+                    .connect_with(connect_opts)
+                    .await?;
+                let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+                tokio::spawn(writer_loop(wconn, rx, stats.clone()));
+                Ok(Db {
+                    pool,
+                    engine: Engine::Sqlite,
+                    inner: Arc::new(Inner {
+                        writer: Some(tx),
+                        stats,
+                        _cleanup: cleanup,
+                    }),
+                })
+            }
+        }
+    }
+
+    /// Run `op` in a write transaction and return its result once it is committed.
+    ///
+    /// `op` gets a connection inside a transaction; everything it does commits together, or
+    /// not at all when it returns `Err` (its work is rolled back, other writes are unaffected).
+    /// `op` must not begin/commit transactions itself and must never call `Db::write` (that
+    /// fails with [`StoreError::Nested`]). On SQLite `op` runs on the writer task, batched with
+    /// other callers' operations; keep it short and do no network I/O inside it.
+    pub async fn write<T, E, F>(&self, op: F) -> Result<T, E>
+    where
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        if IN_WRITE.try_with(|_| ()).is_ok() {
+            return Err(E::from(StoreError::Nested));
+        }
+        match &self.inner.writer {
+            Some(queue) => {
+                let (tx, rx) = oneshot::channel();
+                let job: Box<dyn WriteJob> = Box::new(TypedJob { op, tx });
+                if queue.send(job).await.is_err() {
+                    return Err(E::from(StoreError::Closed));
+                }
+                match rx.await {
+                    Ok(r) => r,
+                    Err(_) => Err(E::from(StoreError::Closed)),
+                }
+            }
+            None => {
+                let stats = &self.inner.stats;
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                stats.ops.fetch_add(1, Ordering::Relaxed);
+                let mut tx = self.pool.begin().await.map_err(|e| E::from(e.into()))?;
+                let res = IN_WRITE.scope((), op(&mut tx)).await;
+                match res {
+                    Ok(v) => {
+                        tx.commit().await.map_err(|e| E::from(e.into()))?;
+                        Ok(v)
+                    }
+                    Err(e) => {
+                        // Dropping the transaction would roll back too; doing it here returns
+                        // the connection to the pool clean.
+                        let _ = tx.rollback().await;
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// (batches committed, operations committed or attempted) since start, for /metrics.
+    /// ops/batches is the group-commit factor.
+    pub fn write_stats(&self) -> (u64, u64) {
+        let s = &self.inner.stats;
+        (
+            s.batches.load(Ordering::Relaxed),
+            s.ops.load(Ordering::Relaxed),
+        )
+    }
+
+    /// For /readyz: the pool answers and (SQLite) the writer is running.
+    pub async fn ping(&self) -> bool {
+        if let Some(w) = &self.inner.writer {
+            if w.is_closed() {
+                return false;
+            }
+        }
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// (open connections, idle connections) of the read pool.
+    pub fn pool_stats(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+}
+
+/// An operation queued for the SQLite writer, with its result channel; type-erased so one
+/// queue carries every caller's `T` and `E`.
+trait WriteJob: Send {
+    fn run<'c>(self: Box<Self>, conn: &'c mut AnyConnection) -> BoxFuture<'c, Ran>;
+    /// Answer without running (the batch could not start).
+    fn fail(self: Box<Self>, err: StoreError);
+}
+
+/// An operation that has run: whether it succeeded, and how to answer its caller once the
+/// batch's fate is known (`None` = committed).
+struct Ran {
+    ok: bool,
+    deliver: Box<dyn FnOnce(Option<StoreError>) + Send>,
+}
+
+struct TypedJob<F, T, E> {
+    op: F,
+    tx: oneshot::Sender<Result<T, E>>,
+}
+
+impl<F, T, E> WriteJob for TypedJob<F, T, E>
+where
+    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    fn run<'c>(self: Box<Self>, conn: &'c mut AnyConnection) -> BoxFuture<'c, Ran> {
+        let TypedJob { op, tx } = *self;
+        Box::pin(async move {
+            let res = AssertUnwindSafe(async move { op(conn).await })
+                .catch_unwind()
+                .await;
+            let res = match res {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::error!("a write operation panicked; it was rolled back");
+                    Err(E::from(StoreError::Aborted(
+                        "the write operation panicked".into(),
+                    )))
+                }
+            };
+            let ok = res.is_ok();
+            Ran {
+                ok,
+                deliver: Box::new(move |batch_err| {
+                    let out = match batch_err {
+                        Some(e) if ok => Err(E::from(e)),
+                        _ => res,
+                    };
+                    let _ = tx.send(out);
+                }),
+            }
+        })
+    }
+
+    fn fail(self: Box<Self>, err: StoreError) {
+        let _ = self.tx.send(Err(E::from(err)));
+    }
+}
+
+/// Run raw SQL (no parameters). Boxed so the future is `Send` for any borrow lifetime (the
+/// writer task and pool callbacks need that).
+pub(crate) fn exec<'c>(
+    conn: &'c mut AnyConnection,
+    sql: &'c str,
+) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+    Box::pin(async move { sqlx::Executor::execute(conn, sql).await.map(|_| ()) })
+}
+
+/// The SQLite writer: takes the first queued operation plus whatever else is already waiting,
+/// runs them in one transaction with a savepoint each, commits once, then answers everyone.
+async fn writer_loop(
+    mut conn: AnyConnection,
+    mut rx: mpsc::Receiver<Box<dyn WriteJob>>,
+    stats: Arc<WriteStats>,
+) {
+    let mut pending: VecDeque<Box<dyn WriteJob>> = VecDeque::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(j) => pending.push_back(j),
+                None => break,
+            }
+        }
+        while pending.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => pending.push_back(j),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, &mut pending, &stats).await;
+    }
+    let _ = conn.close().await;
+}
+
+async fn run_batch(
+    conn: &mut AnyConnection,
+    pending: &mut VecDeque<Box<dyn WriteJob>>,
+    stats: &WriteStats,
+) {
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
+        tracing::error!(error = %e, "cannot begin a write transaction");
+        // Maybe a transaction was left open by a failure we could not roll back.
+        let _ = exec(conn, "ROLLBACK").await;
+        let n = pending.len().min(MAX_BATCH);
+        for job in pending.drain(..n) {
+            job.fail(StoreError::Aborted(format!(
+                "cannot begin transaction: {e}"
+            )));
+        }
+        return;
+    }
+    let mut done: Vec<Ran> = Vec::new();
+    let mut broken: Option<String> = None;
+    while done.len() < MAX_BATCH {
+        let Some(job) = pending.pop_front() else {
+            break;
+        };
+        if let Err(e) = exec(conn, "SAVEPOINT s").await {
+            // Nothing of this job ran; fail it so a broken connection cannot loop forever.
+            job.fail(StoreError::Aborted(format!("savepoint failed: {e}")));
+            broken = Some(e.to_string());
+            break;
+        }
+        let ran = IN_WRITE.scope((), job.run(conn)).await;
+        let end = if ran.ok {
+            exec(conn, "RELEASE s").await
+        } else {
+            match exec(conn, "ROLLBACK TO s").await {
+                Ok(()) => exec(conn, "RELEASE s").await,
+                Err(e) => Err(e),
+            }
+        };
+        done.push(ran);
+        if let Err(e) = end {
+            // E.g. SQLite rolled the whole transaction back on its own (disk full, I/O error).
+            broken = Some(e.to_string());
+            break;
+        }
+    }
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.ops.fetch_add(done.len() as u64, Ordering::Relaxed);
+    let failure = match broken {
+        Some(msg) => Some(msg),
+        None => match exec(conn, "COMMIT").await {
+            Ok(()) => None,
+            Err(e) => Some(format!("commit failed: {e}")),
+        },
+    };
+    match failure {
+        None => {
+            for ran in done {
+                (ran.deliver)(None);
+            }
+        }
+        Some(msg) => {
+            tracing::error!(error = %msg, ops = done.len(), "write batch aborted");
+            let _ = exec(conn, "ROLLBACK").await;
+            for ran in done {
+                (ran.deliver)(Some(StoreError::Aborted(msg.clone())));
+            }
+        }
+    }
+}
+
+/// A file path removed (with its WAL and shared-memory files) when dropped.
+pub(crate) fn sqlite_side_files(path: &std::path::Path) -> Vec<PathBuf> {
+    let mut v = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut s = path.as_os_str().to_owned();
+        s.push(suffix);
+        v.push(PathBuf::from(s));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Row;
+
+    #[test]
+    fn timestamps_have_fixed_format() {
+        let t = DateTime::parse_from_rfc3339("2024-05-01T12:03:04.5+02:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(ts_from(t), "2024-05-01T10:03:04.500000Z");
+        assert_eq!(now_ts().len(), "2024-05-01T10:03:04.500000Z".len());
+    }
+
+    #[test]
+    fn urls_are_normalised() {
+        match parse_url("sqlite://deprovd.db").unwrap() {
+            Target::Sqlite { url } => assert_eq!(url, "sqlite://deprovd.db?mode=rwc"),
+            _ => panic!(),
+        }
+        match parse_url("sqlite:/tmp/x.db").unwrap() {
+            Target::Sqlite { url } => assert_eq!(url, "sqlite:///tmp/x.db?mode=rwc"),
+            _ => panic!(),
+        }
+        match parse_url("sqlite:///tmp/x.db?mode=ro").unwrap() {
+            Target::Sqlite { url } => assert_eq!(url, "sqlite:///tmp/x.db?mode=ro"),
+            _ => panic!(),
+        }
+        assert!(matches!(
+            parse_url("postgresql://u@h/db").unwrap(),
+            Target::Postgres { .. }
+        ));
+        assert!(matches!(
+            parse_url("sqlite::memory:"),
+            Err(StoreError::Config(_))
+        ));
+        assert!(matches!(parse_url("mysql://x"), Err(StoreError::Config(_))));
+    }
+
+    async fn make_table(db: &Db) {
+        db.write(|c| {
+            Box::pin(async move {
+                sqlx::query("CREATE TABLE gc_test (k BIGINT PRIMARY KEY, v TEXT NOT NULL)")
+                    .execute(&mut *c)
+                    .await?;
+                Ok::<_, StoreError>(())
+            })
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn count(db: &Db) -> i64 {
+        sqlx::query("SELECT COUNT(*) FROM gc_test")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_are_durable_and_batched() {
+        for db in testing::fresh_dbs().await {
+            make_table(&db).await;
+            let (b0, o0) = db.write_stats();
+            let mut tasks = Vec::new();
+            for i in 0..100i64 {
+                let db = db.clone();
+                tasks.push(tokio::spawn(async move {
+                    db.write(move |c| {
+                        Box::pin(async move {
+                            sqlx::query("INSERT INTO gc_test (k, v) VALUES ($1, $2)")
+                                .bind(i)
+                                .bind(format!("v{i}"))
+                                .execute(&mut *c)
+                                .await?;
+                            Ok::<_, StoreError>(i)
+                        })
+                    })
+                    .await
+                }));
+            }
+            for (i, t) in tasks.into_iter().enumerate() {
+                assert_eq!(t.await.unwrap().unwrap(), i as i64);
+            }
+            assert_eq!(count(&db).await, 100);
+            let (b1, o1) = db.write_stats();
+            assert_eq!(o1 - o0, 100);
+            if db.engine == Engine::Sqlite {
+                assert!(
+                    b1 - b0 < 100,
+                    "expected group commit, got {} batches",
+                    b1 - b0
+                );
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_op_does_not_undo_its_batch() {
+        for db in testing::fresh_dbs().await {
+            make_table(&db).await;
+            let mut tasks = Vec::new();
+            for i in 0..60i64 {
+                let db = db.clone();
+                tasks.push(tokio::spawn(async move {
+                    db.write(move |c| {
+                        Box::pin(async move {
+                            sqlx::query("INSERT INTO gc_test (k, v) VALUES ($1, 'x')")
+                                .bind(i)
+                                .execute(&mut *c)
+                                .await?;
+                            if i % 3 == 0 {
+                                // Wrote something, then failed: must be undone alone.
+                                return Err(StoreError::Config(format!("op {i} fails")));
+                            }
+                            if i % 3 == 1 {
+                                // A constraint error mid-op (duplicate key).
+                                sqlx::query("INSERT INTO gc_test (k, v) VALUES ($1, 'dup')")
+                                    .bind(i)
+                                    .execute(&mut *c)
+                                    .await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .await
+                }));
+            }
+            let mut failures = 0;
+            for (i, t) in tasks.into_iter().enumerate() {
+                let r = t.await.unwrap();
+                match i % 3 {
+                    0 => assert!(matches!(r, Err(StoreError::Config(_)))),
+                    1 => match r {
+                        Err(StoreError::Database(e)) => assert!(is_unique_violation(&e), "{e}"),
+                        other => panic!("expected unique violation, got {other:?}"),
+                    },
+                    _ => assert!(r.is_ok()),
+                }
+                if r_is_err(i) {
+                    failures += 1;
+                }
+            }
+            assert_eq!(failures, 40);
+            let rows: Vec<i64> = sqlx::query("SELECT k FROM gc_test ORDER BY k")
+                .fetch_all(&db.pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let expected: Vec<i64> = (0..60).filter(|i| i % 3 == 2).collect();
+            assert_eq!(rows, expected);
+        }
+    }
+
+    fn r_is_err(i: usize) -> bool {
+        i % 3 != 2
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nested_write_fails_instead_of_deadlocking_and_panics_are_contained() {
+        for db in testing::fresh_dbs().await {
+            make_table(&db).await;
+            let inner = db.clone();
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                db.write(move |_c| {
+                    Box::pin(async move {
+                        let nested = inner
+                            .write(|_c| Box::pin(async { Ok::<_, StoreError>(()) }))
+                            .await;
+                        assert!(matches!(nested, Err(StoreError::Nested)));
+                        Ok::<_, StoreError>(())
+                    })
+                }),
+            )
+            .await
+            .expect("nested write must not hang");
+            assert!(r.is_ok());
+
+            if db.engine == Engine::Sqlite {
+                let r = db
+                    .write(|c| {
+                        Box::pin(async move {
+                            sqlx::query("INSERT INTO gc_test (k, v) VALUES (1, 'p')")
+                                .execute(&mut *c)
+                                .await?;
+                            if c.ping().await.is_ok() {
+                                panic!("boom");
+                            }
+                            Ok::<_, StoreError>(())
+                        })
+                    })
+                    .await;
+                assert!(matches!(r, Err(StoreError::Aborted(_))));
+                // The writer survived and the panicking op was rolled back.
+                let r = db
+                    .write(|c| {
+                        Box::pin(async move {
+                            sqlx::query("INSERT INTO gc_test (k, v) VALUES (2, 'q')")
+                                .execute(&mut *c)
+                                .await?;
+                            Ok::<_, StoreError>(())
+                        })
+                    })
+                    .await;
+                assert!(r.is_ok());
+                assert_eq!(count(&db).await, 1);
+            }
+            assert!(db.ping().await);
+            let (size, _idle) = db.pool_stats();
+            assert!(size >= 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn migrations_are_recorded_and_idempotent() {
+        for db in testing::fresh_dbs().await {
+            let n: i64 = sqlx::query("SELECT COUNT(*) FROM schema_migrations")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n as usize, migrations::MIGRATIONS.len());
+            let mut conn = db.pool.acquire().await.unwrap();
+            migrations::run(&mut conn, db.engine).await.unwrap();
+            let n2: i64 = sqlx::query("SELECT COUNT(*) FROM schema_migrations")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, n2);
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_file_is_created_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        let db = Db::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        assert!(path.exists());
+        let mode: String = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(mode.to_lowercase(), "wal");
+        let sync: i64 = sqlx::query("PRAGMA synchronous")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(sync, 2, "synchronous=FULL");
+        let fk: i64 = sqlx::query("PRAGMA foreign_keys")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(fk, 1);
+        // A second process-like handle on the same file sees migrations as applied.
+        let db2 = Db::connect(&format!("sqlite:{}", path.display()))
+            .await
+            .unwrap();
+        assert!(db2.ping().await);
+    }
+}
