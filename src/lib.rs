@@ -4,6 +4,14 @@
 pub mod scim;
 pub mod config;
 pub mod store;
+pub mod directory;
 pub mod auth;
-// pub mod http; (lead: enabled once directory/auth land)
-// pub mod cli;
+pub mod http;
+pub mod cli;
+pub mod policy;
+pub mod factors;
+pub mod notify;
+pub mod audit;
+pub mod jobs;
+pub mod engine;
+pub mod offboarding;

@@ -32,6 +32,7 @@ CREATE TABLE users (
     user_name_ci   TEXT NOT NULL,                      -- lower-cased userName (caseExact = false)
     external_id    TEXT,
     display_name   TEXT,
+    display_name_ci TEXT,                              -- lower-cased displayName (caseExact = false)
     active         BIGINT NOT NULL,
     resource       TEXT NOT NULL,                      -- the SCIM resource JSON without meta and groups
     version        BIGINT NOT NULL,
@@ -41,6 +42,8 @@ CREATE TABLE users (
     UNIQUE (tenant_id, user_name_ci)
 );
 CREATE INDEX users_external_id ON users(tenant_id, external_id);
+CREATE INDEX users_display_name ON users(tenant_id, display_name_ci);
+CREATE INDEX users_tenant_seq ON users(tenant_id, seq);            -- default list order and cursors
 
 CREATE TABLE groups (
     seq              BIGSERIAL PRIMARY KEY,
@@ -57,6 +60,7 @@ CREATE TABLE groups (
     UNIQUE (tenant_id, display_name_ci)
 );
 CREATE INDEX groups_external_id ON groups(tenant_id, external_id);
+CREATE INDEX groups_tenant_seq ON groups(tenant_id, seq);
 
 CREATE TABLE group_members (
     tenant_id    TEXT NOT NULL,

@@ -29,6 +29,7 @@ CREATE TABLE quarantine (
     actions    TEXT NOT NULL,            -- JSON array of the held-back actions
     created    TEXT NOT NULL,
     updated    TEXT NOT NULL,
+    released   TEXT,                     -- set by a release: the user's next converge bypasses the guard
     PRIMARY KEY (tenant_id, id),
     UNIQUE (tenant_id, user_id)
 );

@@ -25,7 +25,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
-use crate::store::Db;
+use crate::store::{Db, StoreError};
 
 pub use store::{export, list, verify};
 
@@ -232,10 +232,13 @@ pub async fn append(
 }
 
 /// Appends one entry in its own transaction (for callers with nothing else to write).
-pub async fn append_now(db: &Db, tenant_id: &str, entry: AuditEntry) -> Result<(), sqlx::Error> {
+pub async fn append_now(db: &Db, tenant_id: &str, entry: AuditEntry) -> Result<(), StoreError> {
     let tenant = tenant_id.to_string();
     db.write(move |conn: &mut AnyConnection| {
-        Box::pin(async move { append(conn, &tenant, entry).await })
+        Box::pin(async move {
+            append(conn, &tenant, entry).await?;
+            Ok::<_, StoreError>(())
+        })
     })
     .await
 }

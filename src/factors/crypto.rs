@@ -38,7 +38,9 @@ pub enum KeySource {
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MasterKey").field("source", &self.source).finish_non_exhaustive()
+        f.debug_struct("MasterKey")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,7 +120,13 @@ impl MasterKey {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         // Encryption only fails for plaintexts beyond 64 GiB; secrets are bytes long.
         let ct = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .unwrap_or_default();
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
@@ -127,7 +135,9 @@ impl MasterKey {
     }
 
     pub fn decrypt(&self, encoded: &str, aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let raw = STANDARD.decode(encoded.trim()).map_err(|_| CryptoError::Malformed)?;
+        let raw = STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| CryptoError::Malformed)?;
         // nonce + 16-byte tag at least
         if raw.len() < NONCE_LEN + 16 {
             return Err(CryptoError::Malformed);
@@ -169,7 +179,9 @@ fn sqlite_path(database_url: &str) -> Option<Option<PathBuf>> {
 /// `deprovd.db` → `deprovd.master.key`. Never `*.db*`: whoever copies or ships the database
 /// files (`deprovd.db`, `-wal`, `-shm`) with a glob must not carry the key along with them.
 pub fn key_file_for(db_path: &Path) -> PathBuf {
-    let stem = db_path.file_stem().map(|s| s.to_string_lossy().into_owned());
+    let stem = db_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned());
     let stem = match stem {
         Some(s) if !s.is_empty() => s,
         _ => "deprovd".to_string(),
@@ -215,7 +227,9 @@ fn load_or_create_file(path: &Path) -> Result<MasterKey, String> {
     // process created the key first, and nobody ever reads a half-written key file.
     let tmp = path.with_file_name(format!(
         ".{}.{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let written = (|| -> std::io::Result<()> {
@@ -233,7 +247,10 @@ fn load_or_create_file(path: &Path) -> Result<MasterKey, String> {
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(format!("cannot write the master key file {}: {e}", path.display()));
+        return Err(format!(
+            "cannot write the master key file {}: {e}",
+            path.display()
+        ));
     }
     let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
@@ -249,7 +266,10 @@ fn load_or_create_file(path: &Path) -> Result<MasterKey, String> {
             Ok(key)
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_key_file(path),
-        Err(e) => Err(format!("cannot create the master key file {}: {e}", path.display())),
+        Err(e) => Err(format!(
+            "cannot create the master key file {}: {e}",
+            path.display()
+        )),
     }
 }
 
@@ -298,7 +318,9 @@ fn how_to_fix(key: &MasterKey) -> String {
 /// encrypted factor secrets. On a database with neither, records a `key_check` under `key`.
 pub async fn verify_master_key(db: &crate::store::Db, key: &MasterKey) -> Result<(), String> {
     use super::store as fs;
-    let check = fs::key_check(db).await.map_err(|e| format!("reading key_check: {e}"))?;
+    let check = fs::key_check(db)
+        .await
+        .map_err(|e| format!("reading key_check: {e}"))?;
     match check {
         Some(ct) => {
             if !key.opens_key_check(&ct) {
@@ -308,8 +330,9 @@ pub async fn verify_master_key(db: &crate::store::Db, key: &MasterKey) -> Result
         None => {
             // Older rows without a key_check (or a key_check deleted by hand): the secrets
             // themselves must open before we vouch for the key.
-            if let Some((tenant, id, ct)) =
-                fs::sample_secret(db).await.map_err(|e| format!("reading factors: {e}"))?
+            if let Some((tenant, id, ct)) = fs::sample_secret(db)
+                .await
+                .map_err(|e| format!("reading factors: {e}"))?
             {
                 if key.decrypt(&ct, &row_aad(&tenant, &id)).is_err() {
                     return Err(how_to_fix(key));
@@ -319,7 +342,9 @@ pub async fn verify_master_key(db: &crate::store::Db, key: &MasterKey) -> Result
                 .await
                 .map_err(|e| format!("writing key_check: {e}"))?;
             // Another replica may have raced us with a different key: re-read.
-            let now = fs::key_check(db).await.map_err(|e| format!("reading key_check: {e}"))?;
+            let now = fs::key_check(db)
+                .await
+                .map_err(|e| format!("reading key_check: {e}"))?;
             if !now.is_some_and(|ct| key.opens_key_check(&ct)) {
                 return Err(how_to_fix(key));
             }
@@ -341,8 +366,14 @@ mod tests {
         let k = key();
         let ct = k.encrypt(b"secret", &row_aad("t1", "f1"));
         assert_eq!(k.decrypt(&ct, &row_aad("t1", "f1")).unwrap(), b"secret");
-        assert_eq!(k.decrypt(&ct, &row_aad("t1", "f2")), Err(CryptoError::WrongKey));
-        assert_eq!(k.decrypt(&ct, &row_aad("t2", "f1")), Err(CryptoError::WrongKey));
+        assert_eq!(
+            k.decrypt(&ct, &row_aad("t1", "f2")),
+            Err(CryptoError::WrongKey)
+        );
+        assert_eq!(
+            k.decrypt(&ct, &row_aad("t2", "f1")),
+            Err(CryptoError::WrongKey)
+        );
         // the separator keeps the two parts apart
         let ct2 = k.encrypt(b"x", &row_aad("ab", "c"));
         assert!(k.decrypt(&ct2, &row_aad("a", "bc")).is_err());
@@ -358,9 +389,18 @@ mod tests {
         let mut raw = STANDARD.decode(&ct).unwrap();
         let last = raw.len() - 1;
         raw[last] ^= 1;
-        assert_eq!(k.decrypt(&STANDARD.encode(&raw), b"aad"), Err(CryptoError::WrongKey));
-        assert_eq!(k.decrypt("not base64!", b"aad"), Err(CryptoError::Malformed));
-        assert_eq!(k.decrypt(&STANDARD.encode([0u8; 10]), b"aad"), Err(CryptoError::Malformed));
+        assert_eq!(
+            k.decrypt(&STANDARD.encode(&raw), b"aad"),
+            Err(CryptoError::WrongKey)
+        );
+        assert_eq!(
+            k.decrypt("not base64!", b"aad"),
+            Err(CryptoError::Malformed)
+        );
+        assert_eq!(
+            k.decrypt(&STANDARD.encode([0u8; 10]), b"aad"),
+            Err(CryptoError::Malformed)
+        );
     }
 
     #[test]
@@ -385,9 +425,11 @@ mod tests {
             let k = MasterKey::parse(&text, KeySource::Configured).unwrap();
             assert_eq!(k.key, bytes, "{text}");
         }
-        assert!(MasterKey::parse(&STANDARD.encode([1u8; 31]), KeySource::Configured)
-            .unwrap_err()
-            .contains("31 bytes"));
+        assert!(
+            MasterKey::parse(&STANDARD.encode([1u8; 31]), KeySource::Configured)
+                .unwrap_err()
+                .contains("31 bytes")
+        );
         assert!(MasterKey::parse(&hex::encode([1u8; 33]), KeySource::Configured).is_err());
         assert!(MasterKey::parse("", KeySource::Configured).is_err());
         assert!(MasterKey::parse("%%%", KeySource::Configured).is_err());
@@ -398,14 +440,26 @@ mod tests {
     fn sqlite_paths() {
         assert_eq!(sqlite_path("postgres://x/y"), None);
         assert_eq!(sqlite_path("sqlite::memory:"), Some(None));
-        assert_eq!(sqlite_path("sqlite://x.db?mode=memory&cache=shared"), Some(None));
-        assert_eq!(sqlite_path("sqlite://deprovd.db"), Some(Some(PathBuf::from("deprovd.db"))));
+        assert_eq!(
+            sqlite_path("sqlite://x.db?mode=memory&cache=shared"),
+            Some(None)
+        );
+        assert_eq!(
+            sqlite_path("sqlite://deprovd.db"),
+            Some(Some(PathBuf::from("deprovd.db")))
+        );
         assert_eq!(
             sqlite_path("sqlite:///var/lib/d/x.db?mode=rwc"),
             Some(Some(PathBuf::from("/var/lib/d/x.db")))
         );
-        assert_eq!(key_file_for(Path::new("/a/deprovd.db")), PathBuf::from("/a/deprovd.master.key"));
-        assert_eq!(key_file_for(Path::new("data")), PathBuf::from("data.master.key"));
+        assert_eq!(
+            key_file_for(Path::new("/a/deprovd.db")),
+            PathBuf::from("/a/deprovd.master.key")
+        );
+        assert_eq!(
+            key_file_for(Path::new("data")),
+            PathBuf::from("data.master.key")
+        );
     }
 
     #[test]
@@ -414,9 +468,15 @@ mod tests {
         let k = load_or_create("postgres://localhost/test", Some(&text)).unwrap();
         assert_eq!(k.source, KeySource::Configured);
         let err = load_or_create("postgres://localhost/test", None).unwrap_err();
-        assert!(err.contains("DEPROVD_MASTER_KEY") && err.contains("openssl rand"), "{err}");
+        assert!(
+            err.contains("DEPROVD_MASTER_KEY") && err.contains("openssl rand"),
+            "{err}"
+        );
         assert!(load_or_create("postgres://x", Some("short")).is_err());
-        assert_eq!(load_or_create("sqlite::memory:", None).unwrap().source, KeySource::Ephemeral);
+        assert_eq!(
+            load_or_create("sqlite::memory:", None).unwrap().source,
+            KeySource::Ephemeral
+        );
     }
 
     #[test]

@@ -94,7 +94,10 @@ impl FromStr for FactorType {
             .find(|t| t.as_str() == norm)
             .ok_or_else(|| {
                 let names: Vec<&str> = FactorType::ALL.iter().map(|t| t.as_str()).collect();
-                format!("unknown factor type {s:?} (expected one of: {})", names.join(", "))
+                format!(
+                    "unknown factor type {s:?} (expected one of: {})",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -169,10 +172,16 @@ pub struct FactorError {
 
 impl FactorError {
     pub fn retryable(message: impl Into<String>) -> Self {
-        FactorError { retryable: true, message: message.into() }
+        FactorError {
+            retryable: true,
+            message: message.into(),
+        }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
-        FactorError { retryable: false, message: message.into() }
+        FactorError {
+            retryable: false,
+            message: message.into(),
+        }
     }
 }
 
@@ -184,23 +193,48 @@ type FResult<T> = Result<T, FactorError>;
 /// already unusable); resuming a revoked factor is a non-retryable error.
 pub trait FactorStore: Send + Sync {
     fn name(&self) -> &str;
-    fn list_factors<'a>(&'a self, tenant: &'a str, user_key: &'a str)
-        -> BoxFuture<'a, FResult<Vec<Factor>>>;
-    fn list_sessions<'a>(&'a self, tenant: &'a str, user_key: &'a str)
-        -> BoxFuture<'a, FResult<Vec<Session>>>;
+    fn list_factors<'a>(
+        &'a self,
+        tenant: &'a str,
+        user_key: &'a str,
+    ) -> BoxFuture<'a, FResult<Vec<Factor>>>;
+    fn list_sessions<'a>(
+        &'a self,
+        tenant: &'a str,
+        user_key: &'a str,
+    ) -> BoxFuture<'a, FResult<Vec<Session>>>;
     /// User keys holding any factor that is not revoked or any session that is not revoked, in
     /// ascending key order, strictly after `after`, at most `limit` (reconciliation pages with it).
-    fn list_users<'a>(&'a self, tenant: &'a str, after: Option<String>, limit: usize)
-        -> BoxFuture<'a, FResult<Vec<String>>>;
-    fn suspend<'a>(&'a self, tenant: &'a str, user_key: &'a str, factor_id: &'a str)
-        -> BoxFuture<'a, FResult<()>>;
-    fn resume<'a>(&'a self, tenant: &'a str, user_key: &'a str, factor_id: &'a str)
-        -> BoxFuture<'a, FResult<()>>;
-    fn revoke<'a>(&'a self, tenant: &'a str, user_key: &'a str, factor_id: &'a str)
-        -> BoxFuture<'a, FResult<()>>;
+    fn list_users<'a>(
+        &'a self,
+        tenant: &'a str,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'a, FResult<Vec<String>>>;
+    fn suspend<'a>(
+        &'a self,
+        tenant: &'a str,
+        user_key: &'a str,
+        factor_id: &'a str,
+    ) -> BoxFuture<'a, FResult<()>>;
+    fn resume<'a>(
+        &'a self,
+        tenant: &'a str,
+        user_key: &'a str,
+        factor_id: &'a str,
+    ) -> BoxFuture<'a, FResult<()>>;
+    fn revoke<'a>(
+        &'a self,
+        tenant: &'a str,
+        user_key: &'a str,
+        factor_id: &'a str,
+    ) -> BoxFuture<'a, FResult<()>>;
     /// Ends every live session of the user; returns how many were ended by this call.
-    fn revoke_sessions<'a>(&'a self, tenant: &'a str, user_key: &'a str)
-        -> BoxFuture<'a, FResult<u64>>;
+    fn revoke_sessions<'a>(
+        &'a self,
+        tenant: &'a str,
+        user_key: &'a str,
+    ) -> BoxFuture<'a, FResult<u64>>;
     /// Records that the user must enroll one of `types` by `deadline` (UTC RFC 3339). Repeating
     /// the same call is a no-op; a new deadline replaces the old one.
     fn require_enrollment<'a>(
@@ -212,8 +246,12 @@ pub trait FactorStore: Send + Sync {
     ) -> BoxFuture<'a, FResult<()>>;
     /// Checks a one-time code (TOTP, HOTP, recovery code) against the user's active factors;
     /// an accepted code cannot be used again.
-    fn verify_code<'a>(&'a self, tenant: &'a str, user_key: &'a str, code: &'a str)
-        -> BoxFuture<'a, FResult<bool>>;
+    fn verify_code<'a>(
+        &'a self,
+        tenant: &'a str,
+        user_key: &'a str,
+        code: &'a str,
+    ) -> BoxFuture<'a, FResult<bool>>;
 }
 
 /// `[link] by`: which attribute of the directory user is the factor store's user key.
@@ -231,8 +269,12 @@ pub enum LinkBy {
 }
 
 impl LinkBy {
-    pub const ALL: [LinkBy; 4] =
-        [LinkBy::UserName, LinkBy::ExternalId, LinkBy::EmailsValue, LinkBy::EmployeeNumber];
+    pub const ALL: [LinkBy; 4] = [
+        LinkBy::UserName,
+        LinkBy::ExternalId,
+        LinkBy::EmailsValue,
+        LinkBy::EmployeeNumber,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -282,7 +324,9 @@ pub fn link_key(resource: &Value, by: LinkBy) -> Option<String> {
         LinkBy::EmployeeNumber => {
             // The enterprise extension is where it belongs; tolerate a top-level copy too.
             let ext = resource.as_object().and_then(|o| {
-                o.iter().find(|(k, _)| k.eq_ignore_ascii_case(ENTERPRISE_USER)).map(|(_, v)| v)
+                o.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(ENTERPRISE_USER))
+                    .map(|(_, v)| v)
             });
             ext.and_then(|e| non_empty(e.get("employeeNumber")))
                 .or_else(|| non_empty(resource.get("employeeNumber")))
@@ -316,7 +360,11 @@ pub fn store_for_tenant(
     key: Arc<MasterKey>,
     tenant: &str,
 ) -> Arc<dyn FactorStore> {
-    let over = overrides().read().unwrap_or_else(|p| p.into_inner()).get(tenant).cloned();
+    let over = overrides()
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(tenant)
+        .cloned();
     match over {
         Some(s) => s,
         None => Arc::new(BuiltinStore::new(db.clone(), key)),
@@ -361,7 +409,9 @@ impl FlakyStore {
                 .is_ok();
         if fail {
             self.failures.fetch_add(1, Ordering::SeqCst);
-            Err(FactorError::retryable(format!("injected failure in {op} (FlakyStore)")))
+            Err(FactorError::retryable(format!(
+                "injected failure in {op} (FlakyStore)"
+            )))
         } else {
             Ok(())
         }
@@ -431,7 +481,12 @@ impl FactorStore for FlakyStore {
             self.inner.require_enrollment(t, u, types, deadline).await
         })
     }
-    fn verify_code<'a>(&'a self, t: &'a str, u: &'a str, c: &'a str) -> BoxFuture<'a, FResult<bool>> {
+    fn verify_code<'a>(
+        &'a self,
+        t: &'a str,
+        u: &'a str,
+        c: &'a str,
+    ) -> BoxFuture<'a, FResult<bool>> {
         Box::pin(async move {
             self.check("verify_code")?;
             self.inner.verify_code(t, u, c).await
@@ -452,14 +507,22 @@ mod tests {
             let back: FactorType = serde_json::from_value(json!(t.as_str())).unwrap();
             assert_eq!(back, t);
         }
-        assert_eq!("Recovery-Codes".parse::<FactorType>().unwrap(), FactorType::RecoveryCodes);
-        assert!("yubikey".parse::<FactorType>().unwrap_err().contains("webauthn"));
+        assert_eq!(
+            "Recovery-Codes".parse::<FactorType>().unwrap(),
+            FactorType::RecoveryCodes
+        );
+        assert!("yubikey"
+            .parse::<FactorType>()
+            .unwrap_err()
+            .contains("webauthn"));
     }
 
     #[test]
     fn phishing_resistant_types() {
-        let pr: Vec<FactorType> =
-            FactorType::ALL.into_iter().filter(|t| t.is_phishing_resistant()).collect();
+        let pr: Vec<FactorType> = FactorType::ALL
+            .into_iter()
+            .filter(|t| t.is_phishing_resistant())
+            .collect();
         assert_eq!(pr, vec![FactorType::Webauthn, FactorType::Certificate]);
     }
 
@@ -478,7 +541,12 @@ mod tests {
         assert_eq!(v["status"], "suspended");
         assert!(v.get("lastUsed").is_some());
         assert!(v.get("factor_type").is_none());
-        let s = Session { id: "s".into(), created: "c".into(), last_seen: None, revoked: true };
+        let s = Session {
+            id: "s".into(),
+            created: "c".into(),
+            last_seen: None,
+            revoked: true,
+        };
         assert!(serde_json::to_value(&s).unwrap().get("lastSeen").is_some());
     }
 
@@ -494,7 +562,8 @@ mod tests {
         assert_eq!(link_key(&u, LinkBy::ExternalId).unwrap(), "00uAbC");
         assert_eq!(link_key(&u, LinkBy::EmailsValue).unwrap(), "alice@y.com");
         assert_eq!(link_key(&u, LinkBy::EmployeeNumber).unwrap(), "E-7");
-        let bare = json!({"userName": "  ", "emails": [{"value": "b@x.com"}], "employeeNumber": "9"});
+        let bare =
+            json!({"userName": "  ", "emails": [{"value": "b@x.com"}], "employeeNumber": "9"});
         assert_eq!(link_key(&bare, LinkBy::UserName), None);
         assert_eq!(link_key(&bare, LinkBy::ExternalId), None);
         assert_eq!(link_key(&bare, LinkBy::EmailsValue).unwrap(), "b@x.com");

@@ -1,5 +1,6 @@
-//! SQL of the built-in factor store (tables of `migrations/*/0002_factors.sql`), plus the two
-//! directory reads the factor CLI needs (a user by userName, users page by page). The same SQL
+//! SQL of the built-in factor store (tables of `migrations/*/0002_factors.sql`), plus the
+//! directory reads the factor and policy CLIs need (a user by userName, users page by page,
+//! the last deactivation). The same SQL
 //! text runs on SQLite and PostgreSQL. Writes take an `AnyConnection` inside `Db::write`; reads
 //! take any executor.
 //!
@@ -76,24 +77,40 @@ pub async fn insert_factor(conn: &mut AnyConnection, row: &FactorRow) -> Result<
     Ok(())
 }
 
-pub async fn get_factor<'e, E>(ex: E, tenant: &str, id: &str) -> Result<Option<FactorRow>, sqlx::Error>
+pub async fn get_factor<'e, E>(
+    ex: E,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<FactorRow>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     let sql = format!("SELECT {FACTOR_COLS} FROM factors WHERE tenant_id = $1 AND id = $2");
-    let row = sqlx::query(&sql).bind(tenant).bind(id).fetch_optional(ex).await?;
+    let row = sqlx::query(&sql)
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(ex)
+        .await?;
     row.as_ref().map(factor_row).transpose()
 }
 
 /// A user's factors, oldest first (every status).
-pub async fn user_factors<'e, E>(ex: E, tenant: &str, user_key: &str) -> Result<Vec<FactorRow>, sqlx::Error>
+pub async fn user_factors<'e, E>(
+    ex: E,
+    tenant: &str,
+    user_key: &str,
+) -> Result<Vec<FactorRow>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     let sql = format!(
         "SELECT {FACTOR_COLS} FROM factors WHERE tenant_id = $1 AND user_key = $2 ORDER BY created, id"
     );
-    let rows = sqlx::query(&sql).bind(tenant).bind(user_key).fetch_all(ex).await?;
+    let rows = sqlx::query(&sql)
+        .bind(tenant)
+        .bind(user_key)
+        .fetch_all(ex)
+        .await?;
     rows.iter().map(factor_row).collect()
 }
 
@@ -146,7 +163,12 @@ pub async fn transition(
 /// Revokes a factor and destroys its secret material (ciphertext, recovery code hashes), so a
 /// revoked factor cannot be brought back even by someone with the key. Returns whether it
 /// changed (false: already revoked or absent).
-pub async fn revoke(conn: &mut AnyConnection, tenant: &str, user_key: &str, id: &str) -> Result<bool, sqlx::Error> {
+pub async fn revoke(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    user_key: &str,
+    id: &str,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE factors SET status = 'revoked', status_changed = $1, secret_enc = NULL \
          WHERE tenant_id = $2 AND user_key = $3 AND id = $4 AND status <> 'revoked'",
@@ -191,12 +213,14 @@ pub async fn insert_recovery_codes(
     hashes: &[String],
 ) -> Result<(), sqlx::Error> {
     for h in hashes {
-        sqlx::query("INSERT INTO recovery_codes (tenant_id, factor_id, code_hash) VALUES ($1, $2, $3)")
-            .bind(tenant)
-            .bind(factor_id)
-            .bind(h)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO recovery_codes (tenant_id, factor_id, code_hash) VALUES ($1, $2, $3)",
+        )
+        .bind(tenant)
+        .bind(factor_id)
+        .bind(h)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
@@ -228,7 +252,11 @@ pub async fn use_recovery_code(
 }
 
 /// Unused recovery codes left in a set.
-pub async fn recovery_codes_left<'e, E>(ex: E, tenant: &str, factor_id: &str) -> Result<i64, sqlx::Error>
+pub async fn recovery_codes_left<'e, E>(
+    ex: E,
+    tenant: &str,
+    factor_id: &str,
+) -> Result<i64, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
@@ -241,15 +269,20 @@ where
 }
 
 /// Every stored recovery-code hash (tests check no plaintext is stored).
-pub async fn recovery_code_hashes<'e, E>(ex: E, tenant: &str, factor_id: &str) -> Result<Vec<String>, sqlx::Error>
+pub async fn recovery_code_hashes<'e, E>(
+    ex: E,
+    tenant: &str,
+    factor_id: &str,
+) -> Result<Vec<String>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let rows = sqlx::query("SELECT code_hash FROM recovery_codes WHERE tenant_id = $1 AND factor_id = $2")
-        .bind(tenant)
-        .bind(factor_id)
-        .fetch_all(ex)
-        .await?;
+    let rows =
+        sqlx::query("SELECT code_hash FROM recovery_codes WHERE tenant_id = $1 AND factor_id = $2")
+            .bind(tenant)
+            .bind(factor_id)
+            .fetch_all(ex)
+            .await?;
     rows.iter().map(|r| r.try_get::<String, _>(0)).collect()
 }
 
@@ -277,14 +310,22 @@ pub async fn advance_otp_counter(
     Ok(done.rows_affected() > 0)
 }
 
-async fn touch(conn: &mut AnyConnection, tenant: &str, user_key: &str, id: &str, now: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE factors SET last_used = $1 WHERE tenant_id = $2 AND user_key = $3 AND id = $4")
-        .bind(now)
-        .bind(tenant)
-        .bind(user_key)
-        .bind(id)
-        .execute(conn)
-        .await?;
+async fn touch(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    user_key: &str,
+    id: &str,
+    now: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE factors SET last_used = $1 WHERE tenant_id = $2 AND user_key = $3 AND id = $4",
+    )
+    .bind(now)
+    .bind(tenant)
+    .bind(user_key)
+    .bind(id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -324,7 +365,12 @@ fn session_row(r: &AnyRow) -> Result<Session, sqlx::Error> {
     })
 }
 
-pub async fn insert_session(conn: &mut AnyConnection, tenant: &str, user_key: &str, s: &Session) -> Result<(), sqlx::Error> {
+pub async fn insert_session(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    user_key: &str,
+    s: &Session,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO factor_sessions (tenant_id, id, user_key, created, last_seen, revoked) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -340,7 +386,11 @@ pub async fn insert_session(conn: &mut AnyConnection, tenant: &str, user_key: &s
     Ok(())
 }
 
-pub async fn user_sessions<'e, E>(ex: E, tenant: &str, user_key: &str) -> Result<Vec<Session>, sqlx::Error>
+pub async fn user_sessions<'e, E>(
+    ex: E,
+    tenant: &str,
+    user_key: &str,
+) -> Result<Vec<Session>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
@@ -356,7 +406,11 @@ where
 }
 
 /// Ends every live session of a user; returns how many this call ended.
-pub async fn revoke_sessions(conn: &mut AnyConnection, tenant: &str, user_key: &str) -> Result<u64, sqlx::Error> {
+pub async fn revoke_sessions(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    user_key: &str,
+) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE factor_sessions SET revoked = 1, revoked_at = $1 \
          WHERE tenant_id = $2 AND user_key = $3 AND revoked = 0",
@@ -449,7 +503,12 @@ where
                 .filter(|s| !s.is_empty())
                 .map(|s| s.parse::<FactorType>().map_err(decode_err))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok((types, r.try_get("deadline")?, r.try_get("created")?, r.try_get::<i64, _>("satisfied")? != 0))
+            Ok((
+                types,
+                r.try_get("deadline")?,
+                r.try_get("created")?,
+                r.try_get::<i64, _>("satisfied")? != 0,
+            ))
         })
         .collect()
 }
@@ -458,16 +517,21 @@ where
 // master key check
 
 pub async fn key_check(db: &Db) -> Result<Option<String>, sqlx::Error> {
-    let row = sqlx::query("SELECT ciphertext FROM key_check WHERE id = 1").fetch_optional(&db.pool).await?;
+    let row = sqlx::query("SELECT ciphertext FROM key_check WHERE id = 1")
+        .fetch_optional(&db.pool)
+        .await?;
     row.map(|r| r.try_get::<String, _>(0)).transpose()
 }
 
 /// Some encrypted factor secret, (tenant, factor id, ciphertext), if any exists.
 pub async fn sample_secret(db: &Db) -> Result<Option<(String, String, String)>, sqlx::Error> {
-    let row = sqlx::query("SELECT tenant_id, id, secret_enc FROM factors WHERE secret_enc IS NOT NULL LIMIT 1")
-        .fetch_optional(&db.pool)
-        .await?;
-    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).transpose()
+    let row = sqlx::query(
+        "SELECT tenant_id, id, secret_enc FROM factors WHERE secret_enc IS NOT NULL LIMIT 1",
+    )
+    .fetch_optional(&db.pool)
+    .await?;
+    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .transpose()
 }
 
 /// Stores the key_check row unless one exists (first start wins).
@@ -507,7 +571,8 @@ fn dir_user(r: &AnyRow) -> Result<DirUser, sqlx::Error> {
         id: r.try_get("id")?,
         user_name: r.try_get("user_name")?,
         active: r.try_get::<i64, _>("active")? != 0,
-        resource: serde_json::from_str(&text).map_err(|e| decode_err(format!("user resource: {e}")))?,
+        resource: serde_json::from_str(&text)
+            .map_err(|e| decode_err(format!("user resource: {e}")))?,
         last_modified: r.try_get("last_modified")?,
     })
 }
@@ -515,52 +580,52 @@ fn dir_user(r: &AnyRow) -> Result<DirUser, sqlx::Error> {
 const DIR_USER_COLS: &str = "seq, id, user_name, active, resource, last_modified";
 
 /// The directory user with this userName (case-insensitive, as SCIM says).
-pub async fn user_by_user_name<'e, E>(ex: E, tenant: &str, user_name: &str) -> Result<Option<DirUser>, sqlx::Error>
+pub async fn user_by_user_name<'e, E>(
+    ex: E,
+    tenant: &str,
+    user_name: &str,
+) -> Result<Option<DirUser>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let sql = format!("SELECT {DIR_USER_COLS} FROM users WHERE tenant_id = $1 AND user_name_ci = $2");
-    let row = sqlx::query(&sql).bind(tenant).bind(user_name.to_lowercase()).fetch_optional(ex).await?;
+    let sql =
+        format!("SELECT {DIR_USER_COLS} FROM users WHERE tenant_id = $1 AND user_name_ci = $2");
+    let row = sqlx::query(&sql)
+        .bind(tenant)
+        .bind(user_name.to_lowercase())
+        .fetch_optional(ex)
+        .await?;
     row.as_ref().map(dir_user).transpose()
 }
 
 /// Directory users in insertion order, after `after_seq`, at most `limit`.
-pub async fn users_page<'e, E>(ex: E, tenant: &str, after_seq: i64, limit: i64) -> Result<Vec<DirUser>, sqlx::Error>
+pub async fn users_page<'e, E>(
+    ex: E,
+    tenant: &str,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<DirUser>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     let sql = format!(
         "SELECT {DIR_USER_COLS} FROM users WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
     );
-    let rows = sqlx::query(&sql).bind(tenant).bind(after_seq).bind(limit).fetch_all(ex).await?;
+    let rows = sqlx::query(&sql)
+        .bind(tenant)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(ex)
+        .await?;
     rows.iter().map(dir_user).collect()
 }
 
-/// The groups a user is a direct member of, as SCIM's computed `groups` attribute.
-pub async fn direct_groups<'e, E>(ex: E, tenant: &str, user_id: &str) -> Result<serde_json::Value, sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    let rows = sqlx::query(
-        "SELECT g.id, g.display_name FROM group_members m JOIN groups g \
-         ON g.tenant_id = m.tenant_id AND g.id = m.group_id \
-         WHERE m.tenant_id = $1 AND m.member_id = $2 ORDER BY g.display_name_ci",
-    )
-    .bind(tenant)
-    .bind(user_id)
-    .fetch_all(ex)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let id: String = r.try_get(0)?;
-        let display: String = r.try_get(1)?;
-        out.push(serde_json::json!({"value": id, "display": display, "type": "direct"}));
-    }
-    Ok(serde_json::Value::Array(out))
-}
-
 /// When the user was last deactivated, from the lifecycle rows.
-pub async fn last_deactivation<'e, E>(ex: E, tenant: &str, user_id: &str) -> Result<Option<String>, sqlx::Error>
+pub async fn last_deactivation<'e, E>(
+    ex: E,
+    tenant: &str,
+    user_id: &str,
+) -> Result<Option<String>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {

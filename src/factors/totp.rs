@@ -34,7 +34,11 @@ pub struct TotpParams {
 
 impl Default for TotpParams {
     fn default() -> Self {
-        TotpParams { algorithm: Algorithm::Sha1, digits: 6, period: 30 }
+        TotpParams {
+            algorithm: Algorithm::Sha1,
+            digits: 6,
+            period: 30,
+        }
     }
 }
 
@@ -236,7 +240,11 @@ mod tests {
             "399871", "520489",
         ];
         for (i, want) in expected.iter().enumerate() {
-            assert_eq!(hotp(SEED20, i as u64, 6, Algorithm::Sha1), *want, "counter {i}");
+            assert_eq!(
+                hotp(SEED20, i as u64, 6, Algorithm::Sha1),
+                *want,
+                "counter {i}"
+            );
         }
     }
 
@@ -251,10 +259,22 @@ mod tests {
             (20000000000, "65353130", "77737706", "47863826"),
         ];
         for (t, sha1, sha256, sha512) in rows {
-            let p = |algorithm| TotpParams { algorithm, digits: 8, period: 30 };
+            let p = |algorithm| TotpParams {
+                algorithm,
+                digits: 8,
+                period: 30,
+            };
             assert_eq!(totp(SEED20, t, p(Algorithm::Sha1)), sha1, "SHA1 at {t}");
-            assert_eq!(totp(SEED32, t, p(Algorithm::Sha256)), sha256, "SHA256 at {t}");
-            assert_eq!(totp(SEED64, t, p(Algorithm::Sha512)), sha512, "SHA512 at {t}");
+            assert_eq!(
+                totp(SEED32, t, p(Algorithm::Sha256)),
+                sha256,
+                "SHA256 at {t}"
+            );
+            assert_eq!(
+                totp(SEED64, t, p(Algorithm::Sha512)),
+                sha512,
+                "SHA512 at {t}"
+            );
         }
     }
 
@@ -291,9 +311,18 @@ mod tests {
 
     #[test]
     fn hotp_look_ahead() {
-        assert_eq!(verify_hotp(SEED20, "969429", 0, 10, 6, Algorithm::Sha1), Some(4));
-        assert_eq!(verify_hotp(SEED20, "969429", 4, 10, 6, Algorithm::Sha1), None);
-        assert_eq!(verify_hotp(SEED20, "520489", 0, 5, 6, Algorithm::Sha1), None);
+        assert_eq!(
+            verify_hotp(SEED20, "969429", 0, 10, 6, Algorithm::Sha1),
+            Some(4)
+        );
+        assert_eq!(
+            verify_hotp(SEED20, "969429", 4, 10, 6, Algorithm::Sha1),
+            None
+        );
+        assert_eq!(
+            verify_hotp(SEED20, "520489", 0, 5, 6, Algorithm::Sha1),
+            None
+        );
     }
 
     #[test]

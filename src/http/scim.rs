@@ -20,7 +20,7 @@ use crate::scim::bulk;
 use crate::scim::list::{self, ListParams};
 use crate::scim::patch::{self, MemberChange};
 use crate::scim::resource::{self, AttrSelection};
-use crate::scim::schema::{ResourceKind, SchemaRegistry, ENTERPRISE_USER_SCHEMA, GROUP_SCHEMA, USER_SCHEMA};
+use crate::scim::schema::{ResourceKind, SchemaRegistry, GROUP_SCHEMA, USER_SCHEMA};
 use crate::scim::ScimError;
 
 type ScimResult<T> = Result<T, ScimHttpError>;
@@ -251,12 +251,12 @@ impl Ctx<'_> {
                 let members = dir.group_members(self.tenant(), &stored.id).await?;
                 let list: Vec<Value> = members
                     .into_iter()
-                    .map(|m| {
+                    .map(|(id, member_type, display)| {
                         json!({
-                            "value": m.id,
-                            "$ref": format!("{}/{}/{}", self.base, if m.member_type == "Group" { "Groups" } else { "Users" }, m.id),
-                            "display": m.display,
-                            "type": m.member_type,
+                            "$ref": format!("{}/{}/{}", self.base, if member_type == "Group" { "Groups" } else { "Users" }, id),
+                            "value": id,
+                            "display": display,
+                            "type": member_type,
                         })
                     })
                     .collect();
@@ -288,10 +288,13 @@ impl Ctx<'_> {
             }
             ResourceKind::Group => {
                 // Members come out of validation as a list; PUT replaces the whole set (RFC 7644 §3.5.1).
+                // A PUT without a `members` key leaves membership alone (RFC 7644 §3.5.1 lets
+                // the server keep what the client did not send; emptying a group by omission
+                // would end sessions of everyone in it).
                 let normalized = resource::validate_create(kind, &body)?;
-                let members = normalized.members.clone().unwrap_or_default();
+                let changes = normalized.members.map(|m| vec![MemberChange::Replace(m)]).unwrap_or_default();
                 let mutate = Box::new(move |current: &StoredResource| resource::validate_replace(kind, &body, &current.resource).map(|n| n.resource));
-                dir.update_group(&actor, self.tenant(), id, if_match, mutate, vec![MemberChange::Replace(members)]).await?
+                dir.update_group(&actor, self.tenant(), id, if_match, mutate, changes).await?
             }
         };
         self.finish(kind, stored, sel).await
@@ -583,27 +586,23 @@ async fn bulk_endpoint(state: web::Data<AppState>, who: ScimPrincipal, req: Http
     let request = bulk::parse_bulk_request(&body, &limits)?;
     let c = ctx(&state, &who, &req);
     let no_selection = AttrSelection { attributes: Vec::new(), excluded: Vec::new() };
-    let order = bulk::bulk_order(&request.operations);
+    let plan = bulk::bulk_dependencies(&request.operations);
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut results: Vec<Option<bulk::BulkResult>> = vec![None; request.operations.len()];
     let mut errors = 0u64;
-    for step in order {
-        let (index, cycle) = match step {
-            bulk::BulkStep::Run(i) => (i, false),
-            bulk::BulkStep::Circular(i) => (i, true),
-        };
-        let Some(op) = request.operations.get(index) else { continue };
-        if let Some(limit) = request.fail_on_errors {
-            if errors >= limit {
-                break;
-            }
+    for &index in &plan.circular {
+        if let Some(op) = request.operations.get(index) {
+            errors += 1;
+            results[index] = Some(bulk::BulkResult::error(op, &bulk::circular_error()));
         }
-        let outcome = if cycle {
-            Err(ScimError::new(409, None, "circular bulkId reference: this operation depends on itself through other operations"))
-        } else {
-            run_bulk_op(&c, op, &ids, &no_selection).await
-        };
-        let result = match outcome {
+    }
+    for &index in &plan.order {
+        // failOnErrors: stop processing once this many operations have failed (RFC 7644 §3.7.3).
+        if request.fail_on_errors.is_some_and(|limit| errors >= limit) {
+            break;
+        }
+        let Some(op) = request.operations.get(index) else { continue };
+        let result = match run_bulk_op(&c, op, &ids, &no_selection).await {
             Ok((status, version, location, id)) => {
                 if let (Some(bulk_id), Some(id)) = (&op.bulk_id, id) {
                     ids.insert(bulk_id.clone(), id);
@@ -612,7 +611,7 @@ async fn bulk_endpoint(state: web::Data<AppState>, who: ScimPrincipal, req: Http
             }
             Err(e) => {
                 errors += 1;
-                bulk::BulkResult { method: op.method, bulk_id: op.bulk_id.clone(), version: None, location: None, status: e.status, response: Some(e.to_json()) }
+                bulk::BulkResult::error(op, &e)
             }
         };
         results[index] = Some(result);
@@ -623,16 +622,13 @@ async fn bulk_endpoint(state: web::Data<AppState>, who: ScimPrincipal, req: Http
 /// One bulk operation through the same functions as the single endpoints.
 /// Returns (status, version, location, new id).
 async fn run_bulk_op(c: &Ctx<'_>, op: &bulk::BulkOperation, ids: &HashMap<String, String>, sel: &AttrSelection) -> Result<(u16, Option<i64>, Option<String>, Option<String>), ScimError> {
-    let path = bulk::resolve_bulk_ids(&Value::String(op.path.clone()), ids)
-        .map_err(|id| ScimError::new(409, Some(crate::scim::ScimType::InvalidValue), format!("bulkId {id:?} is not defined by an earlier successful operation")))?;
+    let path = bulk::resolve_bulk_ids(&Value::String(op.path.clone()), ids).map_err(|id| bulk::unresolved_error(&id))?;
     let path = path.as_str().unwrap_or_default().to_string();
     let data = match &op.data {
-        Some(d) => Some(bulk::resolve_bulk_ids(d, ids).map_err(|id| {
-            ScimError::new(409, Some(crate::scim::ScimType::InvalidValue), format!("bulkId {id:?} is not defined by an earlier successful operation"))
-        })?),
+        Some(d) => Some(bulk::resolve_bulk_ids(d, ids).map_err(|id| bulk::unresolved_error(&id))?),
         None => None,
     };
-    let (kind, id) = parse_bulk_path(&path)?;
+    let (kind, id) = bulk::parse_bulk_path(&path)?;
     let need_data = || data.clone().ok_or_else(|| ScimError::invalid_syntax("this bulk operation needs \"data\""));
     match (op.method, id) {
         (bulk::Method::Post, None) => {
@@ -654,20 +650,4 @@ async fn run_bulk_op(c: &Ctx<'_>, op: &bulk::BulkOperation, ids: &HashMap<String
         }
         _ => Err(ScimError::invalid_value(format!("{:?} is not allowed on path {path:?}", op.method))),
     }
-}
-
-/// `/Users`, `/Users/{id}`, `/Groups`, `/Groups/{id}`.
-fn parse_bulk_path(path: &str) -> Result<(ResourceKind, Option<String>), ScimError> {
-    let trimmed = path.trim_start_matches('/');
-    let mut parts = trimmed.splitn(2, '/');
-    let kind = match parts.next() {
-        Some(p) if p.eq_ignore_ascii_case("Users") => ResourceKind::User,
-        Some(p) if p.eq_ignore_ascii_case("Groups") => ResourceKind::Group,
-        _ => return Err(ScimError::invalid_value(format!("bulk path {path:?} must be /Users or /Groups (optionally with /id)"))),
-    };
-    let id = parts.next().filter(|s| !s.is_empty()).map(str::to_string);
-    if id.as_deref().is_some_and(|s| s.contains('/')) {
-        return Err(ScimError::invalid_value(format!("bulk path {path:?} has too many segments")));
-    }
-    Ok((kind, id))
 }

@@ -271,7 +271,7 @@ pub async fn fail(
             crate::notify::enqueue_event(
                 conn,
                 &job.tenant_id,
-                "job_dead",
+                crate::notify::events::JOB_DEAD,
                 job.user_id.as_deref(),
                 detail,
             )

@@ -153,8 +153,15 @@ pub async fn enqueue_event(
     let event_id = uuid::Uuid::new_v4().to_string();
     let created = now_ts();
     let body = envelope(&event_id, event_type, tenant_id, user_id, &created, payload);
-    store::insert_event(conn, tenant_id, &event_id, event_type, user_id, &body, &created, &wanted)
-        .await?;
+    let ev = store::NewEvent {
+        tenant: tenant_id,
+        event_id: &event_id,
+        event_type,
+        user_id,
+        body: &body,
+        created: &created,
+    };
+    store::insert_event(conn, &ev, &wanted).await?;
     nudge();
     Ok(())
 }
@@ -176,8 +183,15 @@ pub async fn enqueue_ping(
     let data = serde_json::json!({ "subscription": subscription_id });
     let body = envelope(&event_id, events::PING, tenant_id, None, &created, data);
     let wanted = [subscription_id.to_string()];
-    store::insert_event(conn, tenant_id, &event_id, events::PING, None, &body, &created, &wanted)
-        .await?;
+    let ev = store::NewEvent {
+        tenant: tenant_id,
+        event_id: &event_id,
+        event_type: events::PING,
+        user_id: None,
+        body: &body,
+        created: &created,
+    };
+    store::insert_event(conn, &ev, &wanted).await?;
     nudge();
     Ok(Some(event_id))
 }
@@ -340,7 +354,12 @@ pub fn validate_subscription(new: NewSubscription) -> Result<ValidSubscription, 
         d => d,
     };
 
-    Ok(ValidSubscription { url: url.to_string(), secret, event_types: types, description })
+    Ok(ValidSubscription {
+        url: url.to_string(),
+        secret,
+        event_types: types,
+        description,
+    })
 }
 
 /// Stores a validated subscription inside the caller's transaction (so the admin API can audit

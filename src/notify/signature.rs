@@ -44,7 +44,10 @@ fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> HmacSha256 {
 
 /// The `X-Deprovd-Signature` value for `body` sent at `timestamp`: `v1=<lowercase hex>`.
 pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    format!("v1={}", hex::encode(mac(secret, timestamp, body).finalize().into_bytes()))
+    format!(
+        "v1={}",
+        hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
+    )
 }
 
 /// Whether `header` (an `X-Deprovd-Signature` value) signs `body` at `timestamp` with `secret`.
@@ -107,7 +110,12 @@ mod tests {
         assert!(!verify_signature(b"k1", &sig, 42, b"{}"), "other body");
         assert!(!verify_signature(b"k1", "", 42, body));
         assert!(!verify_signature(b"k1", "v1=zz", 42, body));
-        assert!(!verify_signature(b"k1", &sig.replace("v1=", "v0="), 42, body));
+        assert!(!verify_signature(
+            b"k1",
+            &sig.replace("v1=", "v0="),
+            42,
+            body
+        ));
         // several values: any one matching is enough
         let multi = format!("v1=00, {sig}");
         assert!(verify_signature(b"k1", &multi, 42, body));

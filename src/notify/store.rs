@@ -121,7 +121,11 @@ pub(crate) async fn get_subscription(
     let sql = format!(
         "SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions WHERE tenant_id = $1 AND id = $2"
     );
-    let row = sqlx::query(&sql).bind(tenant).bind(id).fetch_optional(&db.pool).await?;
+    let row = sqlx::query(&sql)
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?;
     row.as_ref().map(subscription_from_row).transpose()
 }
 
@@ -213,31 +217,42 @@ pub(crate) async fn enabled_subscriptions(
     .fetch_all(conn)
     .await?;
     rows.iter()
-        .map(|r| Ok((r.try_get("id")?, parse_types(&r.try_get::<String, _>("event_types")?))))
+        .map(|r| {
+            Ok((
+                r.try_get("id")?,
+                parse_types(&r.try_get::<String, _>("event_types")?),
+            ))
+        })
         .collect()
+}
+
+/// An event about to be written to the outbox.
+pub(crate) struct NewEvent<'a> {
+    pub tenant: &'a str,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub user_id: Option<&'a str>,
+    /// The exact JSON body every delivery of it sends.
+    pub body: &'a str,
+    pub created: &'a str,
 }
 
 /// Writes one outbox row and a pending delivery for each of `subscriptions`.
 pub(crate) async fn insert_event(
     conn: &mut AnyConnection,
-    tenant: &str,
-    event_id: &str,
-    event_type: &str,
-    user_id: Option<&str>,
-    body: &str,
-    created: &str,
+    ev: &NewEvent<'_>,
     subscriptions: &[String],
 ) -> Result<i64, sqlx::Error> {
     let seq: i64 = sqlx::query_scalar(
         "INSERT INTO outbox (tenant_id, event_id, event_type, user_id, body, created) \
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
     )
-    .bind(tenant)
-    .bind(event_id)
-    .bind(event_type)
-    .bind(user_id)
-    .bind(body)
-    .bind(created)
+    .bind(ev.tenant)
+    .bind(ev.event_id)
+    .bind(ev.event_type)
+    .bind(ev.user_id)
+    .bind(ev.body)
+    .bind(ev.created)
     .fetch_one(&mut *conn)
     .await?;
     for sub in subscriptions {
@@ -246,11 +261,11 @@ pub(crate) async fn insert_event(
              (tenant_id, subscription_id, event_seq, user_key, state, attempts, next_attempt) \
              VALUES ($1, $2, $3, $4, 'pending', 0, $5)",
         )
-        .bind(tenant)
+        .bind(ev.tenant)
         .bind(sub.as_str())
         .bind(seq)
-        .bind(user_id.unwrap_or(""))
-        .bind(created)
+        .bind(ev.user_id.unwrap_or(""))
+        .bind(ev.created)
         .execute(&mut *conn)
         .await?;
     }
@@ -350,7 +365,12 @@ pub(crate) async fn record(
                 .execute(&mut *conn)
                 .await?;
             }
-            AttemptResult::Failed { status, error, next_attempt, failing } => {
+            AttemptResult::Failed {
+                status,
+                error,
+                next_attempt,
+                failing,
+            } => {
                 let state = if *failing { "failed" } else { "pending" };
                 sqlx::query(
                     "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, \
@@ -386,7 +406,10 @@ pub(crate) async fn next_due(db: &Db) -> Result<Option<String>, sqlx::Error> {
 
 /// Removes delivered rows older than `before` and outbox rows no delivery refers to any more.
 /// Returns (deliveries, events) removed.
-pub(crate) async fn prune(conn: &mut AnyConnection, before: &str) -> Result<(u64, u64), sqlx::Error> {
+pub(crate) async fn prune(
+    conn: &mut AnyConnection,
+    before: &str,
+) -> Result<(u64, u64), sqlx::Error> {
     let d = sqlx::query("DELETE FROM webhook_deliveries WHERE state = 'done' AND delivered < $1")
         .bind(before)
         .execute(&mut *conn)
@@ -462,5 +485,7 @@ pub struct DeliveryRow {
 /// Whether the outbox has an event with this id (tests).
 #[cfg(test)]
 pub(crate) async fn outbox_len(db: &Db) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&db.pool).await
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+        .fetch_one(&db.pool)
+        .await
 }

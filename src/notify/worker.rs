@@ -19,8 +19,8 @@ use rand::Rng;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::store::{self, AttemptResult, DueDelivery};
-use super::{nudger, secret_aad, sign, NotifyError, HEADER_EVENT_ID, HEADER_SIGNATURE};
 use super::HEADER_TIMESTAMP;
+use super::{nudger, secret_aad, sign, NotifyError, HEADER_EVENT_ID, HEADER_SIGNATURE};
 use crate::factors::crypto::MasterKey;
 use crate::store::{now_ts, ts_from, Db};
 
@@ -64,8 +64,11 @@ impl Default for DeliveryConfig {
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// After a nudge that found nothing (its transaction had not committed yet), look again after
 /// these delays.
-const RECHECKS: [Duration; 3] =
-    [Duration::from_millis(20), Duration::from_millis(100), Duration::from_millis(500)];
+const RECHECKS: [Duration; 3] = [
+    Duration::from_millis(20),
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+];
 /// Longest error text kept per delivery.
 const MAX_ERROR_LEN: usize = 300;
 
@@ -80,10 +83,17 @@ pub fn spawn_delivery(db: Db, key: Arc<MasterKey>, cfg: DeliveryConfig) -> JoinH
 /// hit by every sender at the same instant.
 pub(crate) fn backoff(cfg: &DeliveryConfig, attempts: i64) -> Duration {
     let exp = attempts.saturating_sub(1).clamp(0, 30) as u32;
-    let raw = cfg.backoff_base.saturating_mul(1u32 << exp).min(cfg.backoff_cap);
+    let raw = cfg
+        .backoff_base
+        .saturating_mul(1u32 << exp)
+        .min(cfg.backoff_cap);
     let half = raw / 2;
     let jitter_ms = half.as_millis() as u64;
-    let extra = if jitter_ms == 0 { 0 } else { rand::thread_rng().gen_range(0..=jitter_ms) };
+    let extra = if jitter_ms == 0 {
+        0
+    } else {
+        rand::thread_rng().gen_range(0..=jitter_ms)
+    };
     half + Duration::from_millis(extra)
 }
 
@@ -131,7 +141,9 @@ async fn run(db: Db, key: Arc<MasterKey>, cfg: DeliveryConfig) {
         let mut wait = cfg.poll_interval;
         if let Ok(Some(next)) = store::next_due(&db).await {
             if let Ok(t) = DateTime::parse_from_rfc3339(&next) {
-                let until = (t.with_timezone(&Utc) - Utc::now()).to_std().unwrap_or_default();
+                let until = (t.with_timezone(&Utc) - Utc::now())
+                    .to_std()
+                    .unwrap_or_default();
                 wait = wait.min(until.max(Duration::from_millis(5)));
             }
         }
@@ -150,7 +162,8 @@ async fn run(db: Db, key: Arc<MasterKey>, cfg: DeliveryConfig) {
 }
 
 async fn prune(db: &Db, cfg: &DeliveryConfig) {
-    let keep = chrono::Duration::from_std(cfg.retention).unwrap_or_else(|_| chrono::Duration::days(7));
+    let keep =
+        chrono::Duration::from_std(cfg.retention).unwrap_or_else(|_| chrono::Duration::days(7));
     let before = ts_from(Utc::now() - keep);
     let res: Result<(u64, u64), NotifyError> = db
         .write(move |conn| {
@@ -159,7 +172,11 @@ async fn prune(db: &Db, cfg: &DeliveryConfig) {
         .await;
     match res {
         Ok((d, e)) if d > 0 || e > 0 => {
-            tracing::debug!(deliveries = d, events = e, "pruned delivered webhook events")
+            tracing::debug!(
+                deliveries = d,
+                events = e,
+                "pruned delivered webhook events"
+            )
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "pruning delivered webhook events failed"),
@@ -183,7 +200,9 @@ pub(crate) async fn round(
     let claimed: Vec<i64> = db
         .write(move |conn| {
             Box::pin(async move {
-                store::claim(conn, &ids, &now, &lease_until).await.map_err(NotifyError::from)
+                store::claim(conn, &ids, &now, &lease_until)
+                    .await
+                    .map_err(NotifyError::from)
             })
         })
         .await?;
@@ -206,7 +225,11 @@ pub(crate) async fn round(
     if n > 0 {
         let at = now_ts();
         db.write(move |conn| {
-            Box::pin(async move { store::record(conn, &results, &at).await.map_err(NotifyError::from) })
+            Box::pin(async move {
+                store::record(conn, &results, &at)
+                    .await
+                    .map_err(NotifyError::from)
+            })
         })
         .await?;
     }
@@ -264,7 +287,10 @@ async fn attempt(
     let secret = match key.decrypt(&d.secret_enc, &secret_aad(&d.tenant_id, &d.subscription_id)) {
         Ok(s) => s,
         Err(e) => {
-            return fail(None, format!("cannot decrypt the subscription's secret: {e}"));
+            return fail(
+                None,
+                format!("cannot decrypt the subscription's secret: {e}"),
+            );
         }
     };
     let timestamp = Utc::now().timestamp();
@@ -279,9 +305,9 @@ async fn attempt(
         .send()
         .await;
     match sent {
-        Ok(resp) if resp.status().is_success() => {
-            AttemptResult::Delivered { status: i64::from(resp.status().as_u16()) }
-        }
+        Ok(resp) if resp.status().is_success() => AttemptResult::Delivered {
+            status: i64::from(resp.status().as_u16()),
+        },
         Ok(mut resp) => {
             let status = resp.status();
             // The start of the answer helps whoever debugs the receiver; never the whole of it.

@@ -34,7 +34,11 @@ pub struct UserFacts {
 
 impl UserFacts {
     pub fn new(resource: Value, lifecycle: Lifecycle) -> Self {
-        UserFacts { resource, lifecycle, requirement_since: HashMap::new() }
+        UserFacts {
+            resource,
+            lifecycle,
+            requirement_since: HashMap::new(),
+        }
     }
 }
 
@@ -123,12 +127,18 @@ pub fn desired_state(user: &UserFacts, policy: &Policy, now: DateTime<Utc>) -> D
     match user.lifecycle {
         Lifecycle::Deactivated { since } => {
             let d = &policy.deactivated;
-            inactive(inactive_disposition(d.factors, since, d.revoke_after, now), d.sessions)
+            inactive(
+                inactive_disposition(d.factors, since, d.revoke_after, now),
+                d.sessions,
+            )
         }
         Lifecycle::Deleted { since } => {
             let d = &policy.deleted;
             let revoke_after = policy.deactivated.revoke_after;
-            inactive(inactive_disposition(d.factors, since, revoke_after, now), d.sessions)
+            inactive(
+                inactive_disposition(d.factors, since, revoke_after, now),
+                d.sessions,
+            )
         }
         Lifecycle::Active => {
             let required = policy
@@ -138,11 +148,19 @@ pub fn desired_state(user: &UserFacts, policy: &Policy, now: DateTime<Utc>) -> D
                 .filter(|(_, r)| who_matches(&r.who, &user.resource))
                 .map(|(i, r)| {
                     let since = user.requirement_since.get(&i).copied().unwrap_or(now);
-                    Requirement { types: r.factors.clone(), deadline: add(since, r.grace), rule: i }
+                    Requirement {
+                        types: r.factors.clone(),
+                        deadline: add(since, r.grace),
+                        rule: i,
+                    }
                 })
                 .collect();
             let mut forbidden: Vec<FactorType> = Vec::new();
-            for rule in policy.forbid.iter().filter(|r| who_matches(&r.who, &user.resource)) {
+            for rule in policy
+                .forbid
+                .iter()
+                .filter(|r| who_matches(&r.who, &user.resource))
+            {
                 for t in &rule.factors {
                     if !forbidden.contains(t) {
                         forbidden.push(*t);
@@ -240,7 +258,13 @@ action = "suspend"
         assert!(!d.end_sessions);
         assert!(d.required.is_empty());
         assert!(d.forbidden.is_empty());
-        assert_eq!(d.stale, Some(StaleRule { unused_for: Duration::days(90), action: StaleAction::Suspend }));
+        assert_eq!(
+            d.stale,
+            Some(StaleRule {
+                unused_for: Duration::days(90),
+                action: StaleAction::Suspend
+            })
+        );
         assert!(!d.audit_only);
     }
 
@@ -250,7 +274,11 @@ action = "suspend"
         let d = desired_state(&u, &policy(), now());
         assert_eq!(
             d.required,
-            vec![Requirement { types: vec![FactorType::Webauthn], deadline: now() + Duration::hours(72), rule: 0 }]
+            vec![Requirement {
+                types: vec![FactorType::Webauthn],
+                deadline: now() + Duration::hours(72),
+                rule: 0
+            }]
         );
         // group display names are not case-exact
         let u = active(json!({"groups": [{"value": "g1", "display": "admins"}]}));
@@ -277,23 +305,36 @@ action = "suspend"
         let d = desired_state(&u, &policy(), now());
         assert_eq!(d.required.len(), 1);
         assert_eq!(d.required[0].rule, 1);
-        assert_eq!(d.required[0].types, vec![FactorType::Totp, FactorType::Webauthn]);
+        assert_eq!(
+            d.required[0].types,
+            vec![FactorType::Totp, FactorType::Webauthn]
+        );
         assert_eq!(d.required[0].deadline, now());
         assert_eq!(d.forbidden, vec![FactorType::Sms, FactorType::Voice]);
         // two matching forbid rules: union without duplicates, in first-seen order
         let u = active(json!({"userType": "Contractor", "title": "Intern, summer"}));
         let d = desired_state(&u, &policy(), now());
-        assert_eq!(d.forbidden, vec![FactorType::Sms, FactorType::Voice, FactorType::Email]);
+        assert_eq!(
+            d.forbidden,
+            vec![FactorType::Sms, FactorType::Voice, FactorType::Email]
+        );
         // both require rules at once
         let u = active(json!({"userType": "Contractor", "roles": [{"value": "admin"}]}));
-        let rules: Vec<usize> = desired_state(&u, &policy(), now()).required.iter().map(|r| r.rule).collect();
+        let rules: Vec<usize> = desired_state(&u, &policy(), now())
+            .required
+            .iter()
+            .map(|r| r.rule)
+            .collect();
         assert_eq!(rules, vec![0, 1]);
     }
 
     #[test]
     fn deactivated_suspends_until_revoke_after_then_revokes() {
         let since = t("2024-05-01T12:00:00Z");
-        let u = UserFacts::new(user(json!({"active": false, "userType": "Contractor"})), Lifecycle::Deactivated { since });
+        let u = UserFacts::new(
+            user(json!({"active": false, "userType": "Contractor"})),
+            Lifecycle::Deactivated { since },
+        );
         let p = policy();
         let revoke_at = since + Duration::days(30);
         let d = desired_state(&u, &p, revoke_at - Duration::seconds(1));
@@ -302,13 +343,21 @@ action = "suspend"
         // no requirements, forbids or stale checks for inactive users
         assert!(d.required.is_empty() && d.forbidden.is_empty() && d.stale.is_none());
         // the boundary itself revokes
-        assert_eq!(desired_state(&u, &p, revoke_at).factors, FactorDisposition::Revoke);
-        assert_eq!(desired_state(&u, &p, revoke_at + Duration::days(1)).factors, FactorDisposition::Revoke);
+        assert_eq!(
+            desired_state(&u, &p, revoke_at).factors,
+            FactorDisposition::Revoke
+        );
+        assert_eq!(
+            desired_state(&u, &p, revoke_at + Duration::days(1)).factors,
+            FactorDisposition::Revoke
+        );
         // deactivated "now"
         let u = UserFacts::new(user(json!({})), Lifecycle::Deactivated { since: now() });
         assert_eq!(
             desired_state(&u, &p, now()).factors,
-            FactorDisposition::Suspend { revoke_at: now() + Duration::days(30) }
+            FactorDisposition::Suspend {
+                revoke_at: now() + Duration::days(30)
+            }
         );
     }
 
@@ -325,7 +374,10 @@ action = "suspend"
     fn zero_revoke_after_revokes_at_once() {
         let p = parse_policy("[deactivated]\nrevoke_after = \"0s\"\n").unwrap();
         let u = UserFacts::new(user(json!({})), Lifecycle::Deactivated { since: now() });
-        assert_eq!(desired_state(&u, &p, now()).factors, FactorDisposition::Revoke);
+        assert_eq!(
+            desired_state(&u, &p, now()).factors,
+            FactorDisposition::Revoke
+        );
     }
 
     #[test]
@@ -345,9 +397,17 @@ action = "suspend"
         let since = t("2024-05-30T12:00:00Z");
         let u = UserFacts::new(user(json!({})), Lifecycle::Deleted { since });
         let d = desired_state(&u, &p, now());
-        assert_eq!(d.factors, FactorDisposition::Suspend { revoke_at: since + Duration::days(7) });
+        assert_eq!(
+            d.factors,
+            FactorDisposition::Suspend {
+                revoke_at: since + Duration::days(7)
+            }
+        );
         assert!(!d.end_sessions);
-        assert_eq!(desired_state(&u, &p, since + Duration::days(7)).factors, FactorDisposition::Revoke);
+        assert_eq!(
+            desired_state(&u, &p, since + Duration::days(7)).factors,
+            FactorDisposition::Revoke
+        );
     }
 
     #[test]
@@ -358,19 +418,34 @@ action = "suspend"
         assert!(d.required.is_empty() && d.forbidden.is_empty() && d.stale.is_none());
         let u = UserFacts::new(user(json!({})), Lifecycle::Deactivated { since: now() });
         let d = desired_state(&u, &p, now());
-        assert_eq!(d.factors, FactorDisposition::Suspend { revoke_at: now() + Duration::days(30) });
+        assert_eq!(
+            d.factors,
+            FactorDisposition::Suspend {
+                revoke_at: now() + Duration::days(30)
+            }
+        );
         assert!(d.end_sessions);
     }
 
     #[test]
     fn audit_only_flag_passes_through_every_branch() {
         let p = parse_policy(&format!("mode = \"audit-only\"\n{POLICY}")).unwrap();
-        for lc in [Lifecycle::Active, Lifecycle::Deactivated { since: now() }, Lifecycle::Deleted { since: now() }] {
+        for lc in [
+            Lifecycle::Active,
+            Lifecycle::Deactivated { since: now() },
+            Lifecycle::Deleted { since: now() },
+        ] {
             let u = UserFacts::new(user(json!({"userType": "Contractor"})), lc);
             let d = desired_state(&u, &p, now());
             assert!(d.audit_only, "{lc:?}");
             // audit-only still decides everything
-            assert_eq!(d, DesiredState { audit_only: true, ..desired_state(&u, &policy(), now()) });
+            assert_eq!(
+                d,
+                DesiredState {
+                    audit_only: true,
+                    ..desired_state(&u, &policy(), now())
+                }
+            );
         }
     }
 
@@ -378,8 +453,16 @@ action = "suspend"
     fn far_dates_saturate_instead_of_overflowing() {
         let p = parse_policy("[deactivated]\nrevoke_after = \"36500d\"\n[[require]]\nwho = 'userName pr'\nfactors = [\"totp\"]\ngrace = \"36500d\"\n").unwrap();
         let end = DateTime::<Utc>::MAX_UTC;
-        let u = UserFacts::new(user(json!({})), Lifecycle::Deactivated { since: end - Duration::days(1) });
-        assert_eq!(desired_state(&u, &p, now()).factors, FactorDisposition::Suspend { revoke_at: end });
+        let u = UserFacts::new(
+            user(json!({})),
+            Lifecycle::Deactivated {
+                since: end - Duration::days(1),
+            },
+        );
+        assert_eq!(
+            desired_state(&u, &p, now()).factors,
+            FactorDisposition::Suspend { revoke_at: end }
+        );
         let d = desired_state(&active(json!({})), &p, end - Duration::days(1));
         assert_eq!(d.required[0].deadline, end);
         let _ = Utc.timestamp_opt(0, 0);
@@ -391,8 +474,15 @@ action = "suspend"
             "[[forbid]]\nwho = 'urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department eq \"Sales\"'\nfactors = [\"sms\"]\n",
         )
         .unwrap();
-        let u = active(json!({"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "sales"}}));
-        assert_eq!(desired_state(&u, &p, now()).forbidden, vec![FactorType::Sms]);
-        assert!(desired_state(&active(json!({})), &p, now()).forbidden.is_empty());
+        let u = active(
+            json!({"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "sales"}}),
+        );
+        assert_eq!(
+            desired_state(&u, &p, now()).forbidden,
+            vec![FactorType::Sms]
+        );
+        assert!(desired_state(&active(json!({})), &p, now())
+            .forbidden
+            .is_empty());
     }
 }

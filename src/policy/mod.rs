@@ -14,9 +14,14 @@ use crate::factors::FactorType;
 use crate::scim::filter::Filter;
 
 pub use crate::factors::LinkBy;
-pub use desired::{desired_state, DesiredState, FactorDisposition, Lifecycle, Requirement, UserFacts};
+pub use desired::{
+    desired_state, DesiredState, FactorDisposition, Lifecycle, Requirement, UserFacts,
+};
 pub use parse::{format_duration, parse_duration, parse_policy, policy_hash, PolicyError};
-pub use store::{current_policy, ensure_policy, get_version, list_versions, set_policy, PolicyVersion};
+pub use store::{
+    current_policy, ensure_policy, get_version, list_versions, set_policy, tenant_user_ids,
+    PolicyStoreError, PolicyVersion,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -135,7 +140,10 @@ impl Default for DeactivatedRule {
 
 impl Default for DeletedRule {
     fn default() -> Self {
-        DeletedRule { factors: FactorAction::Revoke, sessions: SessionAction::Revoke }
+        DeletedRule {
+            factors: FactorAction::Revoke,
+            sessions: SessionAction::Revoke,
+        }
     }
 }
 
@@ -160,5 +168,40 @@ impl Default for Policy {
 impl Policy {
     pub fn audit_only(&self) -> bool {
         self.mode == Mode::AuditOnly
+    }
+}
+
+/// `Policy::default()` written out as a policy file (what `policy show` prints for a tenant
+/// without a policy, and a starting point to edit).
+pub const DEFAULT_POLICY_TOML: &str = r#"mode = "enforce"
+
+[link]
+by = "userName"
+
+[deactivated]
+factors = "suspend"
+sessions = "revoke"
+revoke_after = "30d"
+
+[deleted]
+factors = "revoke"
+sessions = "revoke"
+
+[guard]
+max_destructive_per_15m = 50
+max_destructive_percent_per_15m = 5
+percent_applies_above = 20
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_policy_text_is_the_default_policy() {
+        assert_eq!(
+            parse_policy(DEFAULT_POLICY_TOML).unwrap(),
+            Policy::default()
+        );
     }
 }

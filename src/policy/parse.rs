@@ -188,7 +188,11 @@ impl Checker<'_> {
 
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, column) = self.position(span.start);
-        self.errors.push(PolicyError { line, column, message: message.into() });
+        self.errors.push(PolicyError {
+            line,
+            column,
+            message: message.into(),
+        });
     }
 
     fn choice<T: Copy>(
@@ -199,20 +203,32 @@ impl Checker<'_> {
         default: T,
     ) -> T {
         let Some(v) = value else { return default };
-        match options.iter().find(|(name, _)| *name == v.get_ref().as_str()) {
+        match options
+            .iter()
+            .find(|(name, _)| *name == v.get_ref().as_str())
+        {
             Some((_, t)) => *t,
             None => {
                 let names: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
                 self.error(
                     v.span(),
-                    format!("{key} = {:?} is not one of {}", v.get_ref(), names.join(", ")),
+                    format!(
+                        "{key} = {:?} is not one of {}",
+                        v.get_ref(),
+                        names.join(", ")
+                    ),
                 );
                 default
             }
         }
     }
 
-    fn duration(&mut self, value: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
         let Some(v) = value else { return default };
         match parse_duration(v.get_ref()) {
             Ok(d) => d,
@@ -223,13 +239,29 @@ impl Checker<'_> {
         }
     }
 
-    fn who(&mut self, value: &Option<Spanned<String>>, table_span: Range<usize>, table: &str) -> Option<(Filter, String)> {
+    fn who(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        table_span: Range<usize>,
+        table: &str,
+    ) -> Option<(Filter, String)> {
         let Some(v) = value else {
-            self.error(table_span, format!("[[{table}]] needs `who`, a SCIM filter over the user"));
+            self.error(
+                table_span,
+                format!("[[{table}]] needs `who`, a SCIM filter over the user"),
+            );
             return None;
         };
         match crate::scim::filter::parse_filter(v.get_ref()) {
-            Ok(f) => Some((f, v.get_ref().clone())),
+            Ok(f) => {
+                // An attribute the User schema does not have never matches: a rule that silently
+                // applies to no one is worse than an error.
+                if let Err(message) = check_attributes(&f) {
+                    self.error(v.span(), format!("who: {message}"));
+                    return None;
+                }
+                Some((f, v.get_ref().clone()))
+            }
             Err(e) => {
                 self.error(v.span(), format!("who: invalid SCIM filter: {}", e.detail));
                 None
@@ -244,11 +276,17 @@ impl Checker<'_> {
         table: &str,
     ) -> Vec<FactorType> {
         let Some(list) = value else {
-            self.error(table_span, format!("[[{table}]] needs `factors`, a list of factor types"));
+            self.error(
+                table_span,
+                format!("[[{table}]] needs `factors`, a list of factor types"),
+            );
             return Vec::new();
         };
         if list.get_ref().is_empty() {
-            self.error(list.span(), format!("[[{table}]] factors: the list is empty"));
+            self.error(
+                list.span(),
+                format!("[[{table}]] factors: the list is empty"),
+            );
         }
         let mut out = Vec::new();
         for item in list.get_ref() {
@@ -262,15 +300,66 @@ impl Checker<'_> {
     }
 }
 
-const FACTOR_ACTIONS: &[(&str, FactorAction)] =
-    &[("suspend", FactorAction::Suspend), ("revoke", FactorAction::Revoke)];
-const SESSION_ACTIONS: &[(&str, SessionAction)] =
-    &[("revoke", SessionAction::Revoke), ("keep", SessionAction::Keep)];
+/// Every attribute path in a `who` filter must name a User attribute. The parser bounds the
+/// filter's depth, so this recursion is bounded too.
+fn check_attributes(f: &Filter) -> Result<(), String> {
+    use crate::scim::filter::AttrPath;
+    use crate::scim::schema::{ResourceKind, SchemaRegistry};
+    let check = |p: &AttrPath| {
+        SchemaRegistry::get()
+            .resolve(ResourceKind::User, p)
+            .map(|_| ())
+            .map_err(|e| e.detail)
+    };
+    match f {
+        Filter::Present(p) | Filter::Compare(p, _, _) => check(p),
+        Filter::Not(inner) => check_attributes(inner),
+        Filter::And(a, b) | Filter::Or(a, b) => {
+            check_attributes(a)?;
+            check_attributes(b)
+        }
+        Filter::ValuePath(outer, inner) => {
+            check(outer)?;
+            // Paths inside the brackets are sub-attributes of one element of `outer`.
+            let mut stack = vec![inner.as_ref()];
+            while let Some(g) = stack.pop() {
+                match g {
+                    Filter::Present(p) | Filter::Compare(p, _, _) => check(&AttrPath {
+                        urn: outer.urn.clone(),
+                        attr: outer.attr.clone(),
+                        sub_attr: Some(p.attr.clone()),
+                    })?,
+                    Filter::Not(x) => stack.push(x),
+                    Filter::And(a, b) | Filter::Or(a, b) => {
+                        stack.push(a);
+                        stack.push(b);
+                    }
+                    Filter::ValuePath(..) => {
+                        return Err("nested [ ] filters are not allowed".into())
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+const FACTOR_ACTIONS: &[(&str, FactorAction)] = &[
+    ("suspend", FactorAction::Suspend),
+    ("revoke", FactorAction::Revoke),
+];
+const SESSION_ACTIONS: &[(&str, SessionAction)] = &[
+    ("revoke", SessionAction::Revoke),
+    ("keep", SessionAction::Keep),
+];
 
 /// Parses and checks a policy. On failure, every problem found, in file order (a TOML syntax
 /// or type error stops at the first one, as the TOML parser does).
 pub fn parse_policy(text: &str) -> Result<Policy, Vec<PolicyError>> {
-    let mut ck = Checker { text, errors: Vec::new() };
+    let mut ck = Checker {
+        text,
+        errors: Vec::new(),
+    };
     let raw: RawPolicy = match toml::from_str(text) {
         Ok(r) => r,
         Err(e) => {
@@ -299,9 +388,23 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<PolicyError>> {
         Some(d) => {
             let def = DeactivatedRule::default();
             DeactivatedRule {
-                factors: ck.choice(&d.factors, "deactivated.factors", FACTOR_ACTIONS, def.factors),
-                sessions: ck.choice(&d.sessions, "deactivated.sessions", SESSION_ACTIONS, def.sessions),
-                revoke_after: ck.duration(&d.revoke_after, "deactivated.revoke_after", def.revoke_after),
+                factors: ck.choice(
+                    &d.factors,
+                    "deactivated.factors",
+                    FACTOR_ACTIONS,
+                    def.factors,
+                ),
+                sessions: ck.choice(
+                    &d.sessions,
+                    "deactivated.sessions",
+                    SESSION_ACTIONS,
+                    def.sessions,
+                ),
+                revoke_after: ck.duration(
+                    &d.revoke_after,
+                    "deactivated.revoke_after",
+                    def.revoke_after,
+                ),
             }
         }
     };
@@ -312,7 +415,12 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<PolicyError>> {
             let def = DeletedRule::default();
             DeletedRule {
                 factors: ck.choice(&d.factors, "deleted.factors", FACTOR_ACTIONS, def.factors),
-                sessions: ck.choice(&d.sessions, "deleted.sessions", SESSION_ACTIONS, def.sessions),
+                sessions: ck.choice(
+                    &d.sessions,
+                    "deleted.sessions",
+                    SESSION_ACTIONS,
+                    def.sessions,
+                ),
             }
         }
     };
@@ -325,7 +433,12 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<PolicyError>> {
         let factors = ck.factor_list(&r.factors, span, "require");
         let grace = ck.duration(&r.grace, "grace", Duration::hours(DEFAULT_GRACE_HOURS));
         if let Some((who, who_text)) = who {
-            require.push(RequireRule { who, who_text, factors, grace });
+            require.push(RequireRule {
+                who,
+                who_text,
+                factors,
+                grace,
+            });
         }
     }
 
@@ -336,7 +449,11 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<PolicyError>> {
         let who = ck.who(&r.who, span.clone(), "forbid");
         let factors = ck.factor_list(&r.factors, span, "forbid");
         if let Some((who, who_text)) = who {
-            forbid.push(ForbidRule { who, who_text, factors });
+            forbid.push(ForbidRule {
+                who,
+                who_text,
+                factors,
+            });
         }
     }
 
@@ -383,14 +500,27 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<PolicyError>> {
                     }
                 },
             };
-            let max = count(&mut ck, &g.max_destructive_per_15m, "max_destructive_per_15m", def.max_destructive_per_15m);
-            let above = count(&mut ck, &g.percent_applies_above, "percent_applies_above", def.percent_applies_above);
+            let max = count(
+                &mut ck,
+                &g.max_destructive_per_15m,
+                "max_destructive_per_15m",
+                def.max_destructive_per_15m,
+            );
+            let above = count(
+                &mut ck,
+                &g.percent_applies_above,
+                "percent_applies_above",
+                def.percent_applies_above,
+            );
             let percent = match &g.max_destructive_percent_per_15m {
                 None => def.max_destructive_percent_per_15m,
                 Some(v) => {
                     let p = *v.get_ref();
                     if !(0.0..=100.0).contains(&p) {
-                        ck.error(v.span(), "guard.max_destructive_percent_per_15m must be between 0 and 100");
+                        ck.error(
+                            v.span(),
+                            "guard.max_destructive_percent_per_15m must be between 0 and 100",
+                        );
                         def.max_destructive_percent_per_15m
                     } else {
                         p
@@ -409,7 +539,16 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<PolicyError>> {
         ck.errors.sort_by_key(|e| (e.line, e.column));
         return Err(ck.errors);
     }
-    Ok(Policy { mode, link_by, deactivated, deleted, require, forbid, stale, guard })
+    Ok(Policy {
+        mode,
+        link_by,
+        deactivated,
+        deleted,
+        require,
+        forbid,
+        stale,
+        guard,
+    })
 }
 
 #[cfg(test)]
@@ -469,10 +608,22 @@ percent_applies_above = 20
         assert_eq!(p.require.len(), 1);
         assert_eq!(p.require[0].factors, vec![FactorType::Webauthn]);
         assert_eq!(p.require[0].grace, Duration::hours(72));
-        assert_eq!(p.require[0].who_text, r#"groups.display eq "Admins" or roles.value eq "admin""#);
+        assert_eq!(
+            p.require[0].who_text,
+            r#"groups.display eq "Admins" or roles.value eq "admin""#
+        );
         assert!(matches!(p.require[0].who, Filter::Or(..)));
-        assert_eq!(p.forbid[0].factors, vec![FactorType::Sms, FactorType::Voice]);
-        assert_eq!(p.stale, Some(StaleRule { unused_for: Duration::days(90), action: StaleAction::Report }));
+        assert_eq!(
+            p.forbid[0].factors,
+            vec![FactorType::Sms, FactorType::Voice]
+        );
+        assert_eq!(
+            p.stale,
+            Some(StaleRule {
+                unused_for: Duration::days(90),
+                action: StaleAction::Report
+            })
+        );
         assert_eq!(p.guard, GuardRule::default());
     }
 
@@ -507,7 +658,10 @@ percent_applies_above = 20
         assert_eq!(p.guard.percent_applies_above, 3);
         assert_eq!(p.guard.max_destructive_per_15m, 50);
         assert_eq!(p.require[0].grace, Duration::hours(DEFAULT_GRACE_HOURS));
-        assert_eq!(p.require[0].factors, vec![FactorType::Totp, FactorType::Webauthn]);
+        assert_eq!(
+            p.require[0].factors,
+            vec![FactorType::Totp, FactorType::Webauthn]
+        );
         let p = parse_policy("[guard]\nmax_destructive_percent_per_15m = 2.5\n[stale]\nunused_for = \"1w\"\n[link]\nby = \"emails.value\"\n").unwrap();
         assert_eq!(p.guard.max_destructive_percent_per_15m, 2.5);
         assert_eq!(p.stale.unwrap().action, StaleAction::Report);
@@ -523,10 +677,22 @@ percent_applies_above = 20
     }
 
     #[test]
+    fn who_naming_an_unknown_attribute_is_an_error() {
+        let text = FULL.replace("groups.display", "group.display");
+        let e = one(&text);
+        assert_eq!(e.line, 16, "{e:?}");
+        assert!(e.message.contains("group.display"), "{e:?}");
+        let e = one("[[forbid]]\nwho = 'emails[tpye eq \"work\"]'\nfactors = [\"sms\"]\n");
+        assert_eq!(e.line, 2, "{e:?}");
+        assert!(parse_policy("[[forbid]]\nwho = 'emails[type eq \"work\" and value ew \"@x.com\"]'\nfactors = [\"sms\"]\n").is_ok());
+        assert!(parse_policy("[[forbid]]\nwho = 'urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department eq \"x\"'\nfactors = [\"sms\"]\n").is_ok());
+    }
+
+    #[test]
     fn unknown_factor_type_reports_its_position() {
         let text = FULL.replace(r#"["sms", "voice"]"#, r#"["sms", "pigeon"]"#);
         let e = one(&text);
-        assert_eq!((e.line, e.column), (22, 20), "{e:?}");
+        assert_eq!((e.line, e.column), (22, 19), "{e:?}");
         assert!(e.message.contains("pigeon"), "{e:?}");
     }
 
@@ -540,7 +706,10 @@ percent_applies_above = 20
 
     #[test]
     fn unknown_key_reports_its_line() {
-        let text = FULL.replace("sessions = \"revoke\"\nrevoke_after", "session = \"revoke\"\nrevoke_after");
+        let text = FULL.replace(
+            "sessions = \"revoke\"\nrevoke_after",
+            "session = \"revoke\"\nrevoke_after",
+        );
         let e = one(&text);
         assert_eq!(e.line, 8, "{e:?}");
         assert!(e.message.contains("session"), "{e:?}");
@@ -558,7 +727,8 @@ percent_applies_above = 20
         assert_eq!(e.line, 3, "{e:?}");
         let e = one("[[require]]\nwho = 'userType eq \"x\"'\nfactors = \"webauthn\"\n");
         assert_eq!(e.line, 3, "{e:?}");
-        let e = one("[[require]]\nwho = 'userType eq \"x\"'\nfactors = [\"webauthn\"]\ngrace = 72\n");
+        let e =
+            one("[[require]]\nwho = 'userType eq \"x\"'\nfactors = [\"webauthn\"]\ngrace = 72\n");
         assert_eq!(e.line, 4, "{e:?}");
         let e = one("mode = true\n");
         assert_eq!(e.line, 1, "{e:?}");
@@ -604,7 +774,13 @@ percent_applies_above = 20
         assert_eq!(e.line, 2);
         let e = one("[guard]\npercent_applies_above = -3\n");
         assert_eq!(e.line, 2);
-        assert_eq!(parse_policy("[guard]\nmax_destructive_per_15m = 0\n").unwrap().guard.max_destructive_per_15m, 0);
+        assert_eq!(
+            parse_policy("[guard]\nmax_destructive_per_15m = 0\n")
+                .unwrap()
+                .guard
+                .max_destructive_per_15m,
+            0
+        );
     }
 
     #[test]
@@ -624,10 +800,22 @@ percent_applies_above = 20
         assert_eq!(parse_duration("2w").unwrap(), Duration::days(14));
         assert_eq!(parse_duration("1d12h").unwrap(), Duration::hours(36));
         assert_eq!(parse_duration(" 0s ").unwrap(), Duration::zero());
-        for bad in ["", "30", "d", "30x", "-5d", "1.5h", "h30", "30 d", "99999999999999999999s", "36600000d"] {
+        for bad in [
+            "",
+            "30",
+            "d",
+            "30x",
+            "-5d",
+            "1.5h",
+            "h30",
+            "30 d",
+            "99999999999999999999s",
+            "36600000d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
-        for d in ["30d", "72h", "15m", "90s", "2w", "36h", "0s"] {
+        assert_eq!(format_duration(Duration::hours(72)), "3d");
+        for d in ["30d", "3d", "15m", "90s", "2w", "36h", "0s", "61m"] {
             assert_eq!(format_duration(parse_duration(d).unwrap()), d);
         }
     }

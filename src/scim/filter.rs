@@ -2,6 +2,15 @@
 //! parser that never recurses without limit, a printer whose output parses back to the same AST,
 //! and in-memory evaluation against a JSON resource. No I/O here; `directory/` turns the AST into
 //! SQL.
+//!
+//! Layout: `parse` (text → AST, with the input limits), `display` (AST → canonical text),
+//! `eval` (AST × JSON resource → bool). Schema knowledge (does `emails` exist, is it caseExact)
+//! comes from the caller.
+//!
+//! Trees are recursive (`Box<Filter>`), and printing, comparing, evaluating and dropping them
+//! recurse. That is safe for every tree the parser builds: at most [`MAX_COMPARISONS`] leaves
+//! and [`MAX_DEPTH`] levels of nesting, pinned by a test that runs the deepest one on a small
+//! stack. Code that builds trees by hand should stay within the same bounds.
 
 use serde_json::Number;
 
@@ -96,6 +105,7 @@ pub enum CompValue {
     String(String),
 }
 
+/// A parsed filter. `a and b and c` is `And(And(a, b), c)`; precedence is not > and > or.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
     /// `attr pr`

@@ -2,8 +2,12 @@
 //! resource validation and projection, list parameters, bulk. Nothing here knows about HTTP or
 //! databases.
 
+pub mod bulk;
 pub mod error;
 pub mod filter;
+pub mod list;
+pub mod patch;
+pub mod resource;
 pub mod schema;
 
 pub use error::{ScimError, ScimType};

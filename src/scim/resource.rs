@@ -86,15 +86,11 @@ pub fn validate_patched(
 
 /// Case-insensitive key lookup in a JSON object (RFC 7643 §2.1: names are case-insensitive).
 pub(crate) fn get_ci<'v>(map: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
-    map.get(key).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
-}
-
-/// The key under which `key` is stored in `map`, if any, ignoring letter case.
-pub(crate) fn find_key_ci(map: &Map<String, Value>, key: &str) -> Option<String> {
-    if map.contains_key(key) {
-        return Some(key.to_owned());
-    }
-    map.keys().find(|k| k.eq_ignore_ascii_case(key)).cloned()
+    map.get(key).or_else(|| {
+        map.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
 }
 
 /// Where a top-level key of a body belongs.
@@ -202,9 +198,12 @@ fn normalize_body(
         .ok_or_else(|| ScimError::invalid_syntax("the request body must be a JSON object"))?;
     let core = reg.core_schema(kind);
     if require_schemas {
-        let listed = get_ci(obj, "schemas").and_then(Value::as_array).is_some_and(|s| {
-            s.iter().any(|u| u.as_str().is_some_and(|u| u.eq_ignore_ascii_case(&core.id)))
-        });
+        let listed = get_ci(obj, "schemas")
+            .and_then(Value::as_array)
+            .is_some_and(|s| {
+                s.iter()
+                    .any(|u| u.as_str().is_some_and(|u| u.eq_ignore_ascii_case(&core.id)))
+            });
         if !listed {
             return Err(ScimError::invalid_syntax(format!(
                 "\"schemas\" must be an array that contains \"{}\"",
@@ -247,7 +246,10 @@ fn normalize_body(
             out.insert(urn, Value::Object(m));
         }
     }
-    Ok(Normalized { resource: Value::Object(out), members })
+    Ok(Normalized {
+        resource: Value::Object(out),
+        members,
+    })
 }
 
 /// Whether the client may set this attribute at all. Read-only input is ignored, never refused
@@ -295,7 +297,9 @@ fn put_sub(
     let name = format!("{}.{}", a.name, s.name);
     let n = normalize_scalar(s, v, &name)?;
     let target = b.target(ext);
-    let slot = target.entry(a.name.clone()).or_insert_with(|| Value::Object(Map::new()));
+    let slot = target
+        .entry(a.name.clone())
+        .or_insert_with(|| Value::Object(Map::new()));
     if !slot.is_object() {
         *slot = Value::Object(Map::new());
     }
@@ -334,12 +338,19 @@ pub(crate) fn normalize_value(
         return Ok(None);
     }
     if !a.multi_valued {
-        if v.is_array() {
-            return Err(ScimError::invalid_value(format!(
-                "\"{name}\" is single-valued; an array was given"
-            )));
-        }
-        return normalize_single(a, v, name);
+        return match v {
+            // A list of one for a single-valued attribute (`"manager": [{"value": id}]`): its
+            // element. Refusing it would fail a whole Entra PATCH, `active: false` included.
+            Value::Array(items) => match items.as_slice() {
+                [] => Ok(None),
+                [one] if !one.is_array() => normalize_single(a, one, name),
+                _ => Err(ScimError::invalid_value(format!(
+                    "\"{name}\" is single-valued; an array of {} values was given",
+                    items.len()
+                ))),
+            },
+            _ => normalize_single(a, v, name),
+        };
     }
     let items: &[Value] = match v {
         Value::Array(items) => items,
@@ -355,7 +366,9 @@ pub(crate) fn normalize_value(
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         if item.is_array() {
-            return Err(ScimError::invalid_value(format!("\"{name}\" values cannot be arrays")));
+            return Err(ScimError::invalid_value(format!(
+                "\"{name}\" values cannot be arrays"
+            )));
         }
         if let Some(n) = normalize_single(a, item, name)? {
             out.push(n);
@@ -369,11 +382,18 @@ pub(crate) fn normalize_value(
 }
 
 /// RFC 7643 §2.4: "The primary attribute value 'true' MUST appear no more than once."
-pub(crate) fn check_primary(a: &AttributeDef, items: &[Value], name: &str) -> Result<(), ScimError> {
+pub(crate) fn check_primary(
+    a: &AttributeDef,
+    items: &[Value],
+    name: &str,
+) -> Result<(), ScimError> {
     if !a.has_primary() {
         return Ok(());
     }
-    let primaries = items.iter().filter(|i| i.get("primary") == Some(&Value::Bool(true))).count();
+    let primaries = items
+        .iter()
+        .filter(|i| i.get("primary") == Some(&Value::Bool(true)))
+        .count();
     if primaries > 1 {
         return Err(ScimError::invalid_value(format!(
             "\"{name}\" has {primaries} values with \"primary\": true; at most one may be primary"
@@ -412,7 +432,9 @@ pub(crate) fn normalize_single(
         scalar => match a.sub("value") {
             Some(s) => Ok(normalize_scalar(s, scalar, &format!("{name}.value"))?
                 .map(|n| Value::Object(Map::from_iter([(s.name.clone(), n)])))),
-            None => Err(ScimError::invalid_value(format!("\"{name}\" must be an object"))),
+            None => Err(ScimError::invalid_value(format!(
+                "\"{name}\" must be an object"
+            ))),
         },
     }
 }
@@ -456,7 +478,12 @@ pub(crate) fn normalize_scalar(
         },
         AttrType::Decimal => match v {
             Value::Number(_) => v.clone(),
-            Value::String(s) => match s.trim().parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+            Value::String(s) => match s
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+            {
                 Some(n) => Value::Number(n),
                 None => return Err(wrong("a decimal number")),
             },
@@ -464,7 +491,11 @@ pub(crate) fn normalize_scalar(
         },
         AttrType::DateTime => match v {
             Value::String(s) if chrono::DateTime::parse_from_rfc3339(s).is_ok() => v.clone(),
-            _ => return Err(wrong("an RFC 3339 date-time such as \"2024-05-01T12:00:00Z\"")),
+            _ => {
+                return Err(wrong(
+                    "an RFC 3339 date-time such as \"2024-05-01T12:00:00Z\"",
+                ))
+            }
         },
         AttrType::String => match v {
             Value::String(_) => v.clone(),
@@ -500,9 +531,10 @@ pub(crate) fn member_refs(v: &Value) -> Result<Vec<MemberRef>, ScimError> {
     for item in items {
         let (value, ty) = match item {
             Value::String(s) => (Some(s.as_str()), None),
-            Value::Object(m) => {
-                (get_ci(m, "value").and_then(Value::as_str), get_ci(m, "type").and_then(Value::as_str))
-            }
+            Value::Object(m) => (
+                get_ci(m, "value").and_then(Value::as_str),
+                get_ci(m, "type").and_then(Value::as_str),
+            ),
             _ => (None, None),
         };
         let value = match value {
@@ -514,10 +546,16 @@ pub(crate) fn member_refs(v: &Value) -> Result<Vec<MemberRef>, ScimError> {
             }
         };
         let member_type = ty.and_then(|t| {
-            ["User", "Group"].into_iter().find(|c| c.eq_ignore_ascii_case(t)).map(str::to_owned)
+            ["User", "Group"]
+                .into_iter()
+                .find(|c| c.eq_ignore_ascii_case(t))
+                .map(str::to_owned)
         });
         if seen.insert(value.to_owned()) {
-            out.push(MemberRef { value: value.to_owned(), member_type });
+            out.push(MemberRef {
+                value: value.to_owned(),
+                member_type,
+            });
         }
     }
     Ok(out)
@@ -525,14 +563,21 @@ pub(crate) fn member_refs(v: &Value) -> Result<Vec<MemberRef>, ScimError> {
 
 fn check_required(kind: ResourceKind, resource: &Value) -> Result<(), ScimError> {
     let reg = SchemaRegistry::get();
-    let Some(obj) = resource.as_object() else { return Ok(()) };
+    let Some(obj) = resource.as_object() else {
+        return Ok(());
+    };
     let core = reg.core_schema(kind);
     let missing = |a: &AttributeDef, m: &Map<String, Value>| {
-        a.required && accepted(a) && !(kind == ResourceKind::Group && a.name == "members")
+        a.required
+            && accepted(a)
+            && !(kind == ResourceKind::Group && a.name == "members")
             && m.get(&a.name).is_none()
     };
     if let Some(a) = core.attributes.iter().find(|a| missing(a, obj)) {
-        return Err(ScimError::invalid_value(format!("\"{}\" is required", a.name)));
+        return Err(ScimError::invalid_value(format!(
+            "\"{}\" is required",
+            a.name
+        )));
     }
     for (urn, required) in &reg.resource_type(kind).extensions {
         match obj.get(urn).and_then(Value::as_object) {
@@ -547,7 +592,9 @@ fn check_required(kind: ResourceKind, resource: &Value) -> Result<(), ScimError>
                 }
             }
             None if *required => {
-                return Err(ScimError::invalid_value(format!("the extension \"{urn}\" is required")))
+                return Err(ScimError::invalid_value(format!(
+                    "the extension \"{urn}\" is required"
+                )))
             }
             None => {}
         }
@@ -557,7 +604,9 @@ fn check_required(kind: ResourceKind, resource: &Value) -> Result<(), ScimError>
 
 /// Keeps the server-assigned `id` and `meta` of the stored resource.
 fn carry_read_only(resource: &mut Value, current: &Value) {
-    let (Some(out), Some(cur)) = (resource.as_object_mut(), current.as_object()) else { return };
+    let (Some(out), Some(cur)) = (resource.as_object_mut(), current.as_object()) else {
+        return;
+    };
     for key in ["id", "meta"] {
         if let Some(v) = get_ci(cur, key) {
             out.insert(key.to_owned(), v.clone());
@@ -578,54 +627,66 @@ fn check_immutable(
     let (Some(out), Some(cur)) = (resource.as_object_mut(), current.as_object()) else {
         return Ok(());
     };
-    let mut scopes: Vec<(Option<String>, &Schema)> = vec![(None, reg.core_schema(kind))];
+    immutable_scope(&reg.core_schema(kind).attributes, out, cur, keep_missing)?;
     for e in reg.extensions(kind) {
-        scopes.push((Some(e.id.clone()), e));
-    }
-    for (urn, schema) in scopes {
-        let cur_scope = match &urn {
-            None => Some(cur),
-            Some(u) => get_ci(cur, u).and_then(Value::as_object),
+        let Some(cur_ext) = get_ci(cur, &e.id).and_then(Value::as_object) else {
+            continue;
         };
-        let Some(cur_scope) = cur_scope else { continue };
-        for a in schema.attributes.iter().filter(|a| !a.multi_valued) {
-            let old = get_ci(cur_scope, &a.name).filter(|v| !v.is_null());
-            let Some(old) = old else { continue };
-            let scope_out = match &urn {
-                None => &mut *out,
-                Some(u) => {
-                    let e = out.entry(u.clone()).or_insert_with(|| Value::Object(Map::new()));
-                    match e.as_object_mut() {
-                        Some(m) => m,
-                        None => continue,
-                    }
-                }
-            };
-            if a.mutability == Mutability::Immutable {
-                immutable_one(scope_out, &a.name, old, keep_missing, &a.name)?;
-            } else if a.attr_type == AttrType::Complex {
-                let (Some(old_m), true) = (
-                    old.as_object(),
-                    a.sub_attributes.iter().any(|s| s.mutability == Mutability::Immutable),
-                ) else {
-                    continue;
-                };
-                let new = scope_out.entry(a.name.clone()).or_insert_with(|| Value::Object(Map::new()));
-                let Some(new_m) = new.as_object_mut() else { continue };
-                for s in a.sub_attributes.iter().filter(|s| s.mutability == Mutability::Immutable) {
-                    if let Some(ov) = get_ci(old_m, &s.name).filter(|v| !v.is_null()) {
-                        immutable_one(new_m, &s.name, ov, keep_missing, &format!("{}.{}", a.name, s.name))?;
-                    }
-                }
-                if new_m.is_empty() {
-                    scope_out.remove(&a.name);
-                }
+        let mut ext = match out.remove(&e.id) {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        immutable_scope(&e.attributes, &mut ext, cur_ext, keep_missing)?;
+        if !ext.is_empty() {
+            out.insert(e.id.clone(), Value::Object(ext));
+        }
+    }
+    Ok(())
+}
+
+/// The immutable check over one schema's attributes (the resource, or one extension object).
+fn immutable_scope(
+    attrs: &[AttributeDef],
+    out: &mut Map<String, Value>,
+    cur: &Map<String, Value>,
+    keep_missing: bool,
+) -> Result<(), ScimError> {
+    for a in attrs.iter().filter(|a| !a.multi_valued) {
+        let Some(old) = get_ci(cur, &a.name).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        if a.mutability == Mutability::Immutable {
+            immutable_one(out, &a.name, old, keep_missing, &a.name)?;
+            continue;
+        }
+        let Some(old_m) = old.as_object() else {
+            continue;
+        };
+        let subs: Vec<&AttributeDef> = a
+            .sub_attributes
+            .iter()
+            .filter(|s| s.mutability == Mutability::Immutable)
+            .collect();
+        if subs.is_empty() {
+            continue;
+        }
+        let mut new_m = match out.remove(&a.name) {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        for s in subs {
+            if let Some(ov) = get_ci(old_m, &s.name).filter(|v| !v.is_null()) {
+                immutable_one(
+                    &mut new_m,
+                    &s.name,
+                    ov,
+                    keep_missing,
+                    &format!("{}.{}", a.name, s.name),
+                )?;
             }
-            if let Some(u) = &urn {
-                if out.get(u).and_then(Value::as_object).is_some_and(Map::is_empty) {
-                    out.remove(u);
-                }
-            }
+        }
+        if !new_m.is_empty() {
+            out.insert(a.name.clone(), Value::Object(new_m));
         }
     }
     Ok(())
@@ -644,17 +705,25 @@ fn immutable_one(
             Ok(())
         }
         Some(new) if new == old => Ok(()),
-        _ => Err(ScimError::mutability(format!("\"{name}\" is immutable and already set"))),
+        _ => Err(ScimError::mutability(format!(
+            "\"{name}\" is immutable and already set"
+        ))),
     }
 }
 
 /// Rebuilds `schemas`: the core URN, then each extension that holds data.
 fn finish(kind: ResourceKind, resource: &mut Value) {
     let reg = SchemaRegistry::get();
-    let Some(obj) = resource.as_object_mut() else { return };
+    let Some(obj) = resource.as_object_mut() else {
+        return;
+    };
     let mut schemas = vec![Value::String(reg.core_schema(kind).id.clone())];
     for e in reg.extensions(kind) {
-        if obj.get(&e.id).and_then(Value::as_object).is_some_and(|m| !m.is_empty()) {
+        if obj
+            .get(&e.id)
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty())
+        {
             schemas.push(Value::String(e.id.clone()));
         }
     }
@@ -684,14 +753,21 @@ pub fn parse_selection(
             .map(parse_attr_name)
             .collect()
     };
-    Ok(AttrSelection { attributes: list(attributes)?, excluded: list(excluded)? })
+    Ok(AttrSelection {
+        attributes: list(attributes)?,
+        excluded: list(excluded)?,
+    })
 }
 
 /// `userName`, `name.givenName`, `urn:…:User:manager.value`, or a bare schema URN (which the
 /// filter module's path parser would split at its last colon, so it is checked first).
 pub(crate) fn parse_attr_name(text: &str) -> Result<AttrPath, ScimError> {
     if let Some(s) = SchemaRegistry::get().schema(text) {
-        return Ok(AttrPath { urn: Some(s.id.clone()), attr: String::new(), sub_attr: None });
+        return Ok(AttrPath {
+            urn: Some(s.id.clone()),
+            attr: String::new(),
+            sub_attr: None,
+        });
     }
     parse_attr_path(text)
 }
@@ -705,18 +781,26 @@ enum Pick {
 }
 
 fn path_names(p: &AttrPath, schema_urn: &str, attr: &str) -> bool {
-    p.attr.eq_ignore_ascii_case(attr) && p.urn.as_deref().is_none_or(|u| u.eq_ignore_ascii_case(schema_urn))
+    p.attr.eq_ignore_ascii_case(attr)
+        && p.urn
+            .as_deref()
+            .map_or(true, |u| u.eq_ignore_ascii_case(schema_urn))
 }
 
 fn whole_schema(p: &AttrPath, schema_urn: &str) -> bool {
-    p.attr.is_empty() && p.urn.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(schema_urn))
+    p.attr.is_empty()
+        && p.urn
+            .as_deref()
+            .is_some_and(|u| u.eq_ignore_ascii_case(schema_urn))
 }
 
 /// Projects a stored resource for an answer: `returned` per the schema, `attributes` and
 /// `excludedAttributes`, and `schemas` listing only the extensions left in it.
 pub fn project(kind: ResourceKind, resource: &Value, sel: &AttrSelection) -> Value {
     let reg = SchemaRegistry::get();
-    let Some(obj) = resource.as_object() else { return resource.clone() };
+    let Some(obj) = resource.as_object() else {
+        return resource.clone();
+    };
     let core = reg.core_schema(kind);
     let mut out = Map::new();
     for (key, value) in obj {
@@ -724,7 +808,9 @@ pub fn project(kind: ResourceKind, resource: &Value, sel: &AttrSelection) -> Val
             continue;
         }
         if let Some(ext) = reg.extension(kind, key) {
-            let Some(inner) = value.as_object() else { continue };
+            let Some(inner) = value.as_object() else {
+                continue;
+            };
             let mut m = Map::new();
             for (k, v) in inner {
                 if let Some(a) = ext.attribute(k) {
@@ -750,7 +836,12 @@ pub fn project(kind: ResourceKind, resource: &Value, sel: &AttrSelection) -> Val
                 }
             }
             // Not in any schema (nothing we store): only in a default representation.
-            None if sel.attributes.is_empty() && !sel.excluded.iter().any(|p| p.attr.eq_ignore_ascii_case(key)) => {
+            None if sel.attributes.is_empty()
+                && !sel
+                    .excluded
+                    .iter()
+                    .any(|p| p.attr.eq_ignore_ascii_case(key)) =>
+            {
                 out.insert(key.clone(), value.clone());
             }
             None => {}
@@ -766,7 +857,12 @@ pub fn project(kind: ResourceKind, resource: &Value, sel: &AttrSelection) -> Val
     Value::Object(out)
 }
 
-fn project_attr(schema_urn: &str, a: &AttributeDef, v: &Value, sel: &AttrSelection) -> Option<Value> {
+fn project_attr(
+    schema_urn: &str,
+    a: &AttributeDef,
+    v: &Value,
+    sel: &AttrSelection,
+) -> Option<Value> {
     match a.returned {
         Returned::Never => return None,
         Returned::Always => return Some(v.clone()),
@@ -778,11 +874,9 @@ fn project_attr(schema_urn: &str, a: &AttributeDef, v: &Value, sel: &AttrSelecti
         } else {
             Pick::Whole
         }
-    } else if sel
-        .attributes
-        .iter()
-        .any(|p| whole_schema(p, schema_urn) || (path_names(p, schema_urn, &a.name) && p.sub_attr.is_none()))
-    {
+    } else if sel.attributes.iter().any(|p| {
+        whole_schema(p, schema_urn) || (path_names(p, schema_urn, &a.name) && p.sub_attr.is_none())
+    }) {
         Pick::Whole
     } else {
         let subs: Vec<String> = sel
@@ -800,7 +894,9 @@ fn project_attr(schema_urn: &str, a: &AttributeDef, v: &Value, sel: &AttrSelecti
     if matches!(pick, Pick::No) {
         return None;
     }
-    if sel.excluded.iter().any(|p| path_names(p, schema_urn, &a.name) && p.sub_attr.is_none()) {
+    if sel.excluded.iter().any(|p| {
+        whole_schema(p, schema_urn) || (path_names(p, schema_urn, &a.name) && p.sub_attr.is_none())
+    }) {
         return None;
     }
     let excluded_subs: Vec<&str> = sel
@@ -813,7 +909,9 @@ fn project_attr(schema_urn: &str, a: &AttributeDef, v: &Value, sel: &AttrSelecti
         return Some(v.clone());
     }
     let keep = |k: &str| -> bool {
-        let Some(s) = a.sub(k) else { return matches!(pick, Pick::Whole) };
+        let Some(s) = a.sub(k) else {
+            return matches!(pick, Pick::Whole);
+        };
         match s.returned {
             Returned::Never => false,
             Returned::Always => true,
@@ -827,7 +925,11 @@ fn project_attr(schema_urn: &str, a: &AttributeDef, v: &Value, sel: &AttrSelecti
         }
     };
     let filter_obj = |m: &Map<String, Value>| -> Option<Value> {
-        let f: Map<String, Value> = m.iter().filter(|(k, _)| keep(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let f: Map<String, Value> = m
+            .iter()
+            .filter(|(k, _)| keep(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         (!f.is_empty()).then_some(Value::Object(f))
     };
     match v {
@@ -849,4 +951,491 @@ fn project_attr(schema_urn: &str, a: &AttributeDef, v: &Value, sel: &AttrSelecti
 /// `urn:` in any letter case (slicing by bytes could split a character: `get` cannot panic).
 pub(crate) fn has_urn_prefix(s: &str) -> bool {
     s.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scim::schema::{
+        Uniqueness, ENTERPRISE_USER_SCHEMA as ENT, GROUP_SCHEMA, USER_SCHEMA,
+    };
+    use crate::scim::ScimType;
+    use serde_json::json;
+
+    fn create_user(body: Value) -> Result<Value, ScimError> {
+        validate_create(ResourceKind::User, &body).map(|n| n.resource)
+    }
+
+    fn kind_of(e: &ScimError) -> Option<ScimType> {
+        e.scim_type
+    }
+
+    #[test]
+    fn okta_create_user_is_normalised() {
+        let body = json!({
+            "schemas": [USER_SCHEMA],
+            "userName": "isaac.brock@example.com",
+            "name": {"givenName": "Isaac", "familyName": "Brock"},
+            "emails": [{"primary": true, "value": "isaac.brock@example.com", "type": "work"}],
+            "displayName": "Isaac Brock",
+            "locale": "en-US",
+            "externalId": "00ujl29u0le5T6Aj10h7",
+            "groups": [],
+            "password": "1mz050nq",
+            "active": true
+        });
+        let r = create_user(body).unwrap();
+        assert_eq!(r["schemas"], json!([USER_SCHEMA]));
+        assert_eq!(r["userName"], "isaac.brock@example.com");
+        assert_eq!(r["emails"][0]["primary"], true);
+        assert!(r.get("password").is_none(), "the password is never stored");
+        assert!(r.get("groups").is_none(), "User.groups is never stored");
+        assert!(r.get("id").is_none());
+    }
+
+    #[test]
+    fn names_are_case_insensitive_and_canonicalised() {
+        let r = create_user(json!({
+            "SCHEMAS": ["URN:IETF:PARAMS:SCIM:SCHEMAS:CORE:2.0:USER"],
+            "USERNAME": "a",
+            "Name": {"GIVENNAME": "A", "nosuch": "dropped"},
+            "EMAILS": {"VALUE": "a@x", "Type": "work"},
+            "nosuchAttribute": 1,
+            "urn:ietf:params:scim:schemas:extension:ADSCIM:2.0:User": {"x": 1}
+        }))
+        .unwrap();
+        assert_eq!(
+            r,
+            json!({
+                "schemas": [USER_SCHEMA],
+                "userName": "a",
+                "name": {"givenName": "A"},
+                "emails": [{"value": "a@x", "type": "work"}]
+            })
+        );
+    }
+
+    #[test]
+    fn enterprise_extension_and_manager_forms() {
+        let r = create_user(json!({
+            "schemas": [USER_SCHEMA, ENT],
+            "userName": "a",
+            ENT: {"employeeNumber": 701984, "Manager": "26118915-6090-4610-87e4-49d8ca9f808d"}
+        }))
+        .unwrap();
+        assert_eq!(r["schemas"], json!([USER_SCHEMA, ENT]));
+        assert_eq!(r[ENT]["employeeNumber"], "701984");
+        assert_eq!(
+            r[ENT]["manager"],
+            json!({"value": "26118915-6090-4610-87e4-49d8ca9f808d"})
+        );
+        let r = create_user(json!({
+            "schemas": [USER_SCHEMA],
+            "userName": "a",
+            ENT: {"manager": {"value": "m1", "displayName": "read-only, dropped"}},
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department": "Sales"
+        }))
+        .unwrap();
+        assert_eq!(
+            r[ENT],
+            json!({"manager": {"value": "m1"}, "department": "Sales"})
+        );
+        // Empty extension: not stored and not listed.
+        let r = create_user(
+            json!({"schemas": [USER_SCHEMA, ENT], "userName": "a", ENT: {"manager": ""}}),
+        )
+        .unwrap();
+        assert!(r.get(ENT).is_none());
+        assert_eq!(r["schemas"], json!([USER_SCHEMA]));
+    }
+
+    #[test]
+    fn booleans_accept_entra_strings() {
+        for (given, want) in [
+            (json!("False"), false),
+            (json!("false"), false),
+            (json!("True"), true),
+            (json!(true), true),
+        ] {
+            let r =
+                create_user(json!({"schemas": [USER_SCHEMA], "userName": "a", "active": given}))
+                    .unwrap();
+            assert_eq!(r["active"], want);
+        }
+        let e = create_user(json!({"schemas": [USER_SCHEMA], "userName": "a", "active": "no"}))
+            .unwrap_err();
+        assert_eq!(kind_of(&e), Some(ScimType::InvalidValue));
+        assert!(e.detail.contains("active"));
+    }
+
+    #[test]
+    fn structure_errors() {
+        let e = create_user(json!([1])).unwrap_err();
+        assert_eq!(kind_of(&e), Some(ScimType::InvalidSyntax));
+        let e = create_user(json!({"userName": "a"})).unwrap_err();
+        assert_eq!(kind_of(&e), Some(ScimType::InvalidSyntax));
+        let e = create_user(json!({"schemas": [GROUP_SCHEMA], "userName": "a"})).unwrap_err();
+        assert_eq!(kind_of(&e), Some(ScimType::InvalidSyntax));
+        for bad in [
+            json!({"name": "Alice"}),
+            json!({"emails": [[1]]}),
+            json!({"title": {"a": 1}}),
+            json!({"displayName": ["x", "y"]}),
+            json!({"profileUrl": 3}),
+            json!({ENT: "x"}),
+        ] {
+            let mut body = bad.clone();
+            body["schemas"] = json!([USER_SCHEMA]);
+            body["userName"] = json!("a");
+            let e = create_user(body).unwrap_err();
+            assert_eq!(kind_of(&e), Some(ScimType::InvalidValue), "{bad}");
+        }
+    }
+
+    #[test]
+    fn required_attributes_are_named() {
+        for body in [
+            json!({"schemas": [USER_SCHEMA]}),
+            json!({"schemas": [USER_SCHEMA], "userName": ""}),
+            json!({"schemas": [USER_SCHEMA], "userName": null}),
+        ] {
+            let e = create_user(body).unwrap_err();
+            assert_eq!(kind_of(&e), Some(ScimType::InvalidValue));
+            assert!(e.detail.contains("userName"), "{}", e.detail);
+        }
+        let e = validate_create(
+            ResourceKind::Group,
+            &json!({"schemas": [GROUP_SCHEMA], "members": []}),
+        )
+        .unwrap_err();
+        assert!(e.detail.contains("displayName"));
+    }
+
+    #[test]
+    fn at_most_one_primary() {
+        let e = create_user(json!({
+            "schemas": [USER_SCHEMA], "userName": "a",
+            "emails": [{"value": "a@x", "primary": true}, {"value": "b@x", "primary": "True"}]
+        }))
+        .unwrap_err();
+        assert_eq!(kind_of(&e), Some(ScimType::InvalidValue));
+        assert!(e.detail.contains("emails") && e.detail.contains("primary"));
+        create_user(json!({
+            "schemas": [USER_SCHEMA], "userName": "a",
+            "emails": [{"value": "a@x", "primary": true}, {"value": "b@x", "primary": false}]
+        }))
+        .unwrap();
+    }
+
+    #[test]
+    fn null_and_empty_mean_absent() {
+        let r = create_user(json!({
+            "schemas": [USER_SCHEMA], "userName": "a", "title": "", "nickName": null,
+            "emails": [], "phoneNumbers": [null, {}], "name": {"givenName": ""}
+        }))
+        .unwrap();
+        assert_eq!(r, json!({"schemas": [USER_SCHEMA], "userName": "a"}));
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        let long = "x".repeat(MAX_STRING_BYTES + 1);
+        let e = create_user(json!({"schemas": [USER_SCHEMA], "userName": long})).unwrap_err();
+        assert_eq!(kind_of(&e), Some(ScimType::InvalidValue));
+        let many: Vec<Value> = (0..=MAX_ARRAY_LEN)
+            .map(|i| json!({"value": i.to_string()}))
+            .collect();
+        let e = create_user(json!({"schemas": [USER_SCHEMA], "userName": "a", "emails": many}))
+            .unwrap_err();
+        assert_eq!(kind_of(&e), Some(ScimType::InvalidValue));
+        // Members have their own, larger bound.
+        let members: Vec<Value> = (0..MAX_ARRAY_LEN + 5)
+            .map(|i| json!({"value": i.to_string()}))
+            .collect();
+        let n = validate_create(
+            ResourceKind::Group,
+            &json!({"schemas": [GROUP_SCHEMA], "displayName": "g", "members": members}),
+        )
+        .unwrap();
+        assert_eq!(n.members.unwrap().len(), MAX_ARRAY_LEN + 5);
+        let too_many = Value::Array(vec![json!("x"); MAX_MEMBERS + 1]);
+        assert!(member_refs(&too_many).is_err());
+    }
+
+    #[test]
+    fn scalar_types() {
+        let def = |t: AttrType| AttributeDef {
+            name: "x".into(),
+            attr_type: t,
+            multi_valued: false,
+            required: false,
+            case_exact: false,
+            mutability: Mutability::ReadWrite,
+            returned: Returned::Default,
+            uniqueness: Uniqueness::None,
+            canonical_values: vec![],
+            reference_types: vec![],
+            sub_attributes: vec![],
+        };
+        let ok = |t, v: Value| normalize_scalar(&def(t), &v, "x").unwrap();
+        let bad = |t, v: Value| normalize_scalar(&def(t), &v, "x").unwrap_err().scim_type;
+        assert_eq!(
+            ok(AttrType::DateTime, json!("2024-05-01T12:00:00Z")),
+            Some(json!("2024-05-01T12:00:00Z"))
+        );
+        assert_eq!(
+            bad(AttrType::DateTime, json!("yesterday")),
+            Some(ScimType::InvalidValue)
+        );
+        assert_eq!(ok(AttrType::Integer, json!("42")), Some(json!(42)));
+        assert_eq!(ok(AttrType::Integer, json!(42.0)), Some(json!(42)));
+        assert_eq!(
+            bad(AttrType::Integer, json!(4.5)),
+            Some(ScimType::InvalidValue)
+        );
+        assert_eq!(ok(AttrType::Decimal, json!("1.5")), Some(json!(1.5)));
+        assert_eq!(
+            bad(AttrType::Decimal, json!("NaN")),
+            Some(ScimType::InvalidValue)
+        );
+        assert_eq!(
+            bad(AttrType::Binary, json!(1)),
+            Some(ScimType::InvalidValue)
+        );
+        assert_eq!(ok(AttrType::String, json!(true)), Some(json!("true")));
+    }
+
+    #[test]
+    fn group_members_are_split_off() {
+        let n = validate_create(
+            ResourceKind::Group,
+            &json!({
+                "schemas": [GROUP_SCHEMA, "urn:ietf:params:scim:schemas:extension:ADSCIM:2.0:Group"],
+                "displayName": "Admins",
+                "members": [{"value": "u1", "$ref": null, "type": "user"}, {"value": "u1"}, {"value": "g2", "type": "Group", "display": "x"}]
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            n.resource,
+            json!({"schemas": [GROUP_SCHEMA], "displayName": "Admins"})
+        );
+        assert_eq!(
+            n.members,
+            Some(vec![
+                MemberRef {
+                    value: "u1".into(),
+                    member_type: Some("User".into())
+                },
+                MemberRef {
+                    value: "g2".into(),
+                    member_type: Some("Group".into())
+                },
+            ])
+        );
+        let n = validate_create(
+            ResourceKind::Group,
+            &json!({"schemas": [GROUP_SCHEMA], "displayName": "g", "members": []}),
+        )
+        .unwrap();
+        assert_eq!(n.members, Some(vec![]));
+        let n = validate_create(
+            ResourceKind::Group,
+            &json!({"schemas": [GROUP_SCHEMA], "displayName": "g"}),
+        )
+        .unwrap();
+        assert_eq!(n.members, None);
+        let e = validate_create(
+            ResourceKind::Group,
+            &json!({"schemas": [GROUP_SCHEMA], "displayName": "g", "members": [{"display": "x"}]}),
+        )
+        .unwrap_err();
+        assert_eq!(kind_of(&e), Some(ScimType::InvalidValue));
+    }
+
+    #[test]
+    fn okta_put_with_read_only_attributes_deactivates() {
+        let current =
+            create_user(json!({"schemas": [USER_SCHEMA], "userName": "a", "active": true}))
+                .unwrap();
+        let mut current = current;
+        current["id"] = json!("u1");
+        current["meta"] = json!({"resourceType": "User", "version": "W/\"1\""});
+        let n = validate_replace(
+            ResourceKind::User,
+            &json!({
+                "schemas": [USER_SCHEMA], "id": "something-else", "userName": "a", "active": false,
+                "groups": [{"value": "g1", "display": "Admins"}], "meta": {"resourceType": "Nope"}
+            }),
+            &current,
+        )
+        .unwrap();
+        assert_eq!(n.resource["active"], false);
+        assert_eq!(n.resource["id"], "u1");
+        assert_eq!(n.resource["meta"], current["meta"]);
+        assert!(n.resource.get("groups").is_none());
+    }
+
+    fn immutable_attrs() -> Vec<AttributeDef> {
+        let base = |name: &str, m: Mutability, subs: Vec<AttributeDef>| AttributeDef {
+            name: name.into(),
+            attr_type: if subs.is_empty() {
+                AttrType::String
+            } else {
+                AttrType::Complex
+            },
+            multi_valued: false,
+            required: false,
+            case_exact: true,
+            mutability: m,
+            returned: Returned::Default,
+            uniqueness: Uniqueness::None,
+            canonical_values: vec![],
+            reference_types: vec![],
+            sub_attributes: subs,
+        };
+        vec![
+            base("badge", Mutability::Immutable, vec![]),
+            base(
+                "origin",
+                Mutability::ReadWrite,
+                vec![
+                    base("code", Mutability::Immutable, vec![]),
+                    base("note", Mutability::ReadWrite, vec![]),
+                ],
+            ),
+        ]
+    }
+
+    #[test]
+    fn immutable_values_cannot_change() {
+        let attrs = immutable_attrs();
+        let cur = json!({"badge": "B1", "origin": {"code": "C1", "note": "n"}});
+        let cur = cur.as_object().unwrap();
+        let obj = |v: Value| v.as_object().unwrap().clone();
+        // Same values: fine. PUT omitting them: kept.
+        let mut out = obj(json!({"badge": "B1", "origin": {"code": "C1"}}));
+        immutable_scope(&attrs, &mut out, cur, false).unwrap();
+        let mut out = obj(json!({}));
+        immutable_scope(&attrs, &mut out, cur, true).unwrap();
+        assert_eq!(
+            Value::Object(out),
+            json!({"badge": "B1", "origin": {"code": "C1"}})
+        );
+        // Changing, or removing through PATCH: 400 mutability.
+        for (new, keep) in [
+            (json!({"badge": "B2"}), true),
+            (json!({"badge": "B1", "origin": {"code": "C2"}}), true),
+            (json!({"origin": {"code": "C1"}}), false),
+        ] {
+            let mut out = obj(new.clone());
+            let e = immutable_scope(&attrs, &mut out, cur, keep).unwrap_err();
+            assert_eq!(kind_of(&e), Some(ScimType::Mutability), "{new}");
+        }
+        // Not set yet: may be set.
+        let mut out = obj(json!({"badge": "B9"}));
+        immutable_scope(&attrs, &mut out, &Map::new(), false).unwrap();
+    }
+
+    fn stored_user() -> Value {
+        json!({
+            "schemas": [USER_SCHEMA, ENT],
+            "id": "u1",
+            "externalId": "e1",
+            "userName": "alice",
+            "name": {"givenName": "Alice", "familyName": "Smith"},
+            "emails": [{"value": "a@x", "type": "work", "primary": true}, {"value": "b@x", "type": "home"}],
+            "password": "never stored, but dropped on output anyway",
+            "meta": {"resourceType": "User", "created": "2024-01-01T00:00:00Z", "lastModified": "2024-01-02T00:00:00Z", "version": "W/\"2\""},
+            ENT: {"employeeNumber": "42", "manager": {"value": "m1", "displayName": "Boss"}}
+        })
+    }
+
+    fn sel(a: &str, x: &str) -> AttrSelection {
+        parse_selection((!a.is_empty()).then_some(a), (!x.is_empty()).then_some(x)).unwrap()
+    }
+
+    #[test]
+    fn projection_default_representation() {
+        let p = project(
+            ResourceKind::User,
+            &stored_user(),
+            &AttrSelection::default(),
+        );
+        let mut want = stored_user();
+        want.as_object_mut().unwrap().remove("password");
+        assert_eq!(p, want);
+    }
+
+    #[test]
+    fn projection_attributes() {
+        let u = stored_user();
+        let p = project(ResourceKind::User, &u, &sel("userName", ""));
+        assert_eq!(
+            p,
+            json!({"schemas": [USER_SCHEMA], "id": "u1", "userName": "alice"})
+        );
+        let p = project(
+            ResourceKind::User,
+            &u,
+            &sel("NAME.givenName, emails.value", ""),
+        );
+        assert_eq!(
+            p,
+            json!({"schemas": [USER_SCHEMA], "id": "u1", "name": {"givenName": "Alice"}, "emails": [{"value": "a@x"}, {"value": "b@x"}]})
+        );
+        let p = project(ResourceKind::User, &u, &sel("urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager,meta.lastModified", ""));
+        assert_eq!(
+            p,
+            json!({"schemas": [USER_SCHEMA, ENT], "id": "u1", "meta": {"lastModified": "2024-01-02T00:00:00Z"},
+                   ENT: {"manager": {"value": "m1", "displayName": "Boss"}}})
+        );
+        let p = project(ResourceKind::User, &u, &sel(ENT, ""));
+        assert_eq!(p[ENT], u[ENT]);
+        assert_eq!(p["schemas"], json!([USER_SCHEMA, ENT]));
+        let p = project(ResourceKind::User, &u, &sel("nosuch,urn:example:x:y", ""));
+        assert_eq!(p, json!({"schemas": [USER_SCHEMA], "id": "u1"}));
+    }
+
+    #[test]
+    fn projection_excluded_attributes() {
+        let u = stored_user();
+        let p = project(ResourceKind::User, &u, &sel("", "emails,name.familyName,id,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber"));
+        assert!(p.get("emails").is_none());
+        assert_eq!(p["name"], json!({"givenName": "Alice"}));
+        assert_eq!(p["id"], "u1", "returned=always survives excludedAttributes");
+        assert_eq!(
+            p[ENT],
+            json!({"manager": {"value": "m1", "displayName": "Boss"}})
+        );
+        let p = project(ResourceKind::User, &u, &sel("", ENT));
+        assert!(p.get(ENT).is_none());
+        assert_eq!(p["schemas"], json!([USER_SCHEMA]));
+        // Entra reads groups with excludedAttributes=members.
+        let g = json!({"schemas": [GROUP_SCHEMA], "id": "g1", "displayName": "Admins", "members": [{"value": "u1"}]});
+        let p = project(ResourceKind::Group, &g, &sel("", "members"));
+        assert_eq!(
+            p,
+            json!({"schemas": [GROUP_SCHEMA], "id": "g1", "displayName": "Admins"})
+        );
+        let p = project(ResourceKind::Group, &g, &sel("displayName", ""));
+        assert!(p.get("members").is_none());
+    }
+
+    #[test]
+    fn selection_syntax() {
+        let s = sel(
+            " userName , ,urn:ietf:params:scim:schemas:core:2.0:User:name.givenName",
+            "",
+        );
+        assert_eq!(s.attributes.len(), 2);
+        assert_eq!(s.attributes[1].urn.as_deref(), Some(USER_SCHEMA));
+        assert_eq!(s.attributes[1].sub_attr.as_deref(), Some("givenName"));
+        let e = parse_selection(Some("emails[type eq \"work\"]"), None).unwrap_err();
+        assert_eq!(kind_of(&e), Some(ScimType::InvalidPath));
+        assert_eq!(
+            parse_selection(None, None).unwrap(),
+            AttrSelection::default()
+        );
+    }
 }

@@ -91,7 +91,8 @@ pub struct ResourceTypeDef {
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
-pub const ENTERPRISE_USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+pub const ENTERPRISE_USER_SCHEMA: &str =
+    "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 pub const LIST_RESPONSE_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 pub const PATCH_OP_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 pub const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
@@ -159,7 +160,9 @@ impl ResolvedAttr<'_> {
 impl AttributeDef {
     /// A sub-attribute by name, ignoring letter case (RFC 7643 §2.1).
     pub fn sub(&self, name: &str) -> Option<&AttributeDef> {
-        self.sub_attributes.iter().find(|s| s.name.eq_ignore_ascii_case(name))
+        self.sub_attributes
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(name))
     }
 
     /// A complex attribute that has a `primary` sub-attribute (emails, phoneNumbers, …).
@@ -171,7 +174,9 @@ impl AttributeDef {
 impl Schema {
     /// A top-level attribute by name, ignoring letter case.
     pub fn attribute(&self, name: &str) -> Option<&AttributeDef> {
-        self.attributes.iter().find(|a| a.name.eq_ignore_ascii_case(name))
+        self.attributes
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
     }
 }
 
@@ -205,13 +210,15 @@ impl SchemaRegistry {
             ("Group.json", src.group),
             ("EnterpriseUser.json", src.enterprise),
         ] {
-            schemas.push(parse_schema(&parse_json(file, text)?).map_err(|e| format!("{file}: {e}"))?);
+            schemas
+                .push(parse_schema(&parse_json(file, text)?).map_err(|e| format!("{file}: {e}"))?);
         }
         match parse_json("ServiceProviderSchemas.json", src.sp_schemas)? {
             Value::Array(items) => {
                 for item in &items {
                     schemas.push(
-                        parse_schema(item).map_err(|e| format!("ServiceProviderSchemas.json: {e}"))?,
+                        parse_schema(item)
+                            .map_err(|e| format!("ServiceProviderSchemas.json: {e}"))?,
                     );
                 }
             }
@@ -230,7 +237,10 @@ impl SchemaRegistry {
             let rt = parse_resource_type(raw).map_err(|e| format!("ResourceTypes.json: {e}"))?;
             for urn in std::iter::once(&rt.schema).chain(rt.extensions.iter().map(|(u, _)| u)) {
                 if !schemas.iter().any(|s| s.id.eq_ignore_ascii_case(urn)) {
-                    return Err(format!("ResourceTypes.json: {} names unknown schema {urn}", rt.name));
+                    return Err(format!(
+                        "ResourceTypes.json: {} names unknown schema {urn}",
+                        rt.name
+                    ));
                 }
             }
             resource_types.push(rt);
@@ -243,7 +253,13 @@ impl SchemaRegistry {
 
         let spc = parse_json("ServiceProviderConfig.json", src.spc)?;
         let limits = read_limits(&spc).map_err(|e| format!("ServiceProviderConfig.json: {e}"))?;
-        Ok(SchemaRegistry { schemas, common, resource_types, service_provider_config: spc, limits })
+        Ok(SchemaRegistry {
+            schemas,
+            common,
+            resource_types,
+            service_provider_config: spc,
+            limits,
+        })
     }
 
     /// Every schema served under `/Schemas`: the resource schemas, the Enterprise User extension
@@ -285,12 +301,18 @@ impl SchemaRegistry {
 
     /// The extension schemas a resource type allows, in ResourceTypes.json order.
     pub fn extensions(&self, kind: ResourceKind) -> Vec<&Schema> {
-        self.resource_type(kind).extensions.iter().filter_map(|(u, _)| self.schema(u)).collect()
+        self.resource_type(kind)
+            .extensions
+            .iter()
+            .filter_map(|(u, _)| self.schema(u))
+            .collect()
     }
 
     /// The extension schema of `kind` with this URN (letter case ignored).
     pub fn extension(&self, kind: ResourceKind, urn: &str) -> Option<&Schema> {
-        self.extensions(kind).into_iter().find(|s| s.id.eq_ignore_ascii_case(urn))
+        self.extensions(kind)
+            .into_iter()
+            .find(|s| s.id.eq_ignore_ascii_case(urn))
     }
 
     /// Splits a URN-qualified name (`urn:…:enterprise:2.0:User:manager.value`) into the
@@ -298,12 +320,15 @@ impl SchemaRegistry {
     /// inside the URN (`2.0`). None when the text does not start with such a URN and a colon.
     pub fn split_urn<'s>(&self, kind: ResourceKind, text: &'s str) -> Option<(&str, &'s str)> {
         let core = self.core_schema(kind);
-        std::iter::once(core).chain(self.extensions(kind)).find_map(|s| {
-            let n = s.id.len();
-            let head = text.get(..n)?;
-            let rest = text.get(n..)?.strip_prefix(':')?;
-            head.eq_ignore_ascii_case(&s.id).then_some((s.id.as_str(), rest))
-        })
+        std::iter::once(core)
+            .chain(self.extensions(kind))
+            .find_map(|s| {
+                let n = s.id.len();
+                let head = text.get(..n)?;
+                let rest = text.get(n..)?.strip_prefix(':')?;
+                head.eq_ignore_ascii_case(&s.id)
+                    .then_some((s.id.as_str(), rest))
+            })
     }
 
     pub fn service_provider_config(&self) -> &Value {
@@ -317,7 +342,11 @@ impl SchemaRegistry {
     /// Finds the attribute a path names for a resource type: names case-insensitive,
     /// URN-qualified or not (unqualified: common attributes, the core schema, then extensions).
     /// An unknown schema, attribute or sub-attribute is `400 invalidPath` naming it.
-    pub fn resolve(&self, kind: ResourceKind, path: &AttrPath) -> Result<ResolvedAttr<'_>, ScimError> {
+    pub fn resolve(
+        &self,
+        kind: ResourceKind,
+        path: &AttrPath,
+    ) -> Result<ResolvedAttr<'_>, ScimError> {
         let core = self.core_schema(kind);
         let found: Option<(&str, bool, &AttributeDef)> = match &path.urn {
             Some(urn) if urn.eq_ignore_ascii_case(&core.id) => self
@@ -333,7 +362,8 @@ impl SchemaRegistry {
                         self.resource_type(kind).name
                     ))
                 })?;
-                ext.attribute(&path.attr).map(|a| (ext.id.as_str(), true, a))
+                ext.attribute(&path.attr)
+                    .map(|a| (ext.id.as_str(), true, a))
             }
             None => self
                 .common
@@ -364,7 +394,12 @@ impl SchemaRegistry {
                 ))
             })?),
         };
-        Ok(ResolvedAttr { schema_urn, extension, attr, sub })
+        Ok(ResolvedAttr {
+            schema_urn,
+            extension,
+            attr,
+            sub,
+        })
     }
 
     /// Whether comparisons on the attribute a path names are case-sensitive. A complex
@@ -428,11 +463,15 @@ fn parse_json(file: &str, text: &str) -> Result<Value, String> {
 }
 
 fn str_field<'v>(v: &'v Value, key: &str) -> Result<&'v str, String> {
-    v.get(key).and_then(Value::as_str).ok_or_else(|| format!("missing string \"{key}\""))
+    v.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("missing string \"{key}\""))
 }
 
 fn bool_field(v: &Value, key: &str) -> Result<bool, String> {
-    v.get(key).and_then(Value::as_bool).ok_or_else(|| format!("missing boolean \"{key}\""))
+    v.get(key)
+        .and_then(Value::as_bool)
+        .ok_or_else(|| format!("missing boolean \"{key}\""))
 }
 
 fn str_list(v: Option<&Value>) -> Result<Vec<String>, String> {
@@ -440,7 +479,11 @@ fn str_list(v: Option<&Value>) -> Result<Vec<String>, String> {
         None => Ok(Vec::new()),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|i| i.as_str().map(str::to_owned).ok_or_else(|| "expected strings".to_owned()))
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| "expected strings".to_owned())
+            })
             .collect(),
         Some(_) => Err("expected an array of strings".into()),
     }
@@ -450,15 +493,26 @@ fn parse_schema(v: &Value) -> Result<Schema, String> {
     let id = str_field(v, "id")?.to_owned();
     let name = str_field(v, "name")?.to_owned();
     let attributes = parse_attr_list(v.get("attributes")).map_err(|e| format!("{id}: {e}"))?;
-    Ok(Schema { id, name, attributes, raw: v.clone() })
+    Ok(Schema {
+        id,
+        name,
+        attributes,
+        raw: v.clone(),
+    })
 }
 
 fn parse_attr_list(v: Option<&Value>) -> Result<Vec<AttributeDef>, String> {
     match v {
         Some(Value::Array(items)) => {
-            let attrs = items.iter().map(|a| parse_attr(a, 0)).collect::<Result<Vec<_>, _>>()?;
+            let attrs = items
+                .iter()
+                .map(|a| parse_attr(a, 0))
+                .collect::<Result<Vec<_>, _>>()?;
             for (i, a) in attrs.iter().enumerate() {
-                if attrs[..i].iter().any(|b| b.name.eq_ignore_ascii_case(&a.name)) {
+                if attrs[..i]
+                    .iter()
+                    .any(|b| b.name.eq_ignore_ascii_case(&a.name))
+                {
                     return Err(format!("attribute \"{}\" declared twice", a.name));
                 }
             }
@@ -506,13 +560,16 @@ fn parse_attr(v: &Value, depth: usize) -> Result<AttributeDef, String> {
         None => Vec::new(),
         // The meta-schema nests one level (attributes.subAttributes); nothing deeper exists.
         Some(_) if depth >= 2 => return Err(ctx("sub-attributes nested too deep".into())),
-        Some(Value::Array(items)) => {
-            items.iter().map(|s| parse_attr(s, depth + 1)).collect::<Result<Vec<_>, _>>()?
-        }
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|s| parse_attr(s, depth + 1))
+            .collect::<Result<Vec<_>, _>>()?,
         Some(_) => return Err(ctx("subAttributes must be an array".into())),
     };
-    if (attr_type == AttrType::Complex) != !sub_attributes.is_empty() {
-        return Err(ctx("complex attributes, and only they, have subAttributes".into()));
+    if (attr_type == AttrType::Complex) == sub_attributes.is_empty() {
+        return Err(ctx(
+            "complex attributes, and only they, have subAttributes".into()
+        ));
     }
     Ok(AttributeDef {
         attr_type,
@@ -539,7 +596,10 @@ fn parse_resource_type(raw: Value) -> Result<ResourceTypeDef, String> {
     let mut extensions = Vec::new();
     if let Some(exts) = raw.get("schemaExtensions") {
         for e in exts.as_array().ok_or("schemaExtensions must be an array")? {
-            extensions.push((str_field(e, "schema")?.to_owned(), bool_field(e, "required")?));
+            extensions.push((
+                str_field(e, "schema")?.to_owned(),
+                bool_field(e, "required")?,
+            ));
         }
     }
     Ok(ResourceTypeDef {
@@ -574,20 +634,33 @@ mod tests {
     use super::*;
 
     fn p(urn: Option<&str>, attr: &str, sub: Option<&str>) -> AttrPath {
-        AttrPath { urn: urn.map(str::to_owned), attr: attr.to_owned(), sub_attr: sub.map(str::to_owned) }
+        AttrPath {
+            urn: urn.map(str::to_owned),
+            attr: attr.to_owned(),
+            sub_attr: sub.map(str::to_owned),
+        }
     }
 
     #[test]
     fn embedded_files_load_and_list_every_schema() {
         let r = SchemaRegistry::get();
         let names: Vec<&str> = r.schemas().iter().map(|s| s.name.as_str()).collect();
-        for n in ["User", "Group", "EnterpriseUser", "ServiceProviderConfig", "ResourceType", "Schema"] {
+        for n in [
+            "User",
+            "Group",
+            "EnterpriseUser",
+            "ServiceProviderConfig",
+            "ResourceType",
+            "Schema",
+        ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
         // /Schemas follows RFC 7643 §8.7.1: common attributes are not listed in User.
         assert!(r.core_schema(ResourceKind::User).attribute("id").is_none());
         assert_eq!(r.common_attributes().len(), 3);
-        assert!(r.schema("URN:IETF:PARAMS:SCIM:SCHEMAS:CORE:2.0:USER").is_some());
+        assert!(r
+            .schema("URN:IETF:PARAMS:SCIM:SCHEMAS:CORE:2.0:USER")
+            .is_some());
         assert_eq!(r.resource_type(ResourceKind::User).endpoint, "/Users");
         assert_eq!(
             r.resource_type(ResourceKind::User).extensions,
@@ -603,8 +676,14 @@ mod tests {
         let l = r.limits();
         let spc = r.service_provider_config();
         assert_eq!(Some(l.max_results), spc["filter"]["maxResults"].as_u64());
-        assert_eq!(Some(l.bulk_max_operations), spc["bulk"]["maxOperations"].as_u64());
-        assert_eq!(Some(l.bulk_max_payload), spc["bulk"]["maxPayloadSize"].as_u64());
+        assert_eq!(
+            Some(l.bulk_max_operations),
+            spc["bulk"]["maxOperations"].as_u64()
+        );
+        assert_eq!(
+            Some(l.bulk_max_payload),
+            spc["bulk"]["maxPayloadSize"].as_u64()
+        );
         assert_eq!(l.default_page_size, 100);
         assert_eq!(l.max_page_size, 1000);
         assert_eq!(l.cursor_timeout_secs, 3600);
@@ -614,20 +693,38 @@ mod tests {
     #[test]
     fn schema_properties_drive_behaviour() {
         let r = SchemaRegistry::get();
-        let u = r.resolve(ResourceKind::User, &p(None, "USERNAME", None)).unwrap();
+        let u = r
+            .resolve(ResourceKind::User, &p(None, "USERNAME", None))
+            .unwrap();
         assert_eq!(u.attr.name, "userName");
         assert!(u.attr.required && !u.attr.case_exact);
         assert_eq!(u.attr.uniqueness, Uniqueness::Server);
-        let pw = r.resolve(ResourceKind::User, &p(None, "password", None)).unwrap();
-        assert_eq!((pw.attr.mutability, pw.attr.returned), (Mutability::WriteOnly, Returned::Never));
-        let groups = r.resolve(ResourceKind::User, &p(None, "groups", None)).unwrap();
+        let pw = r
+            .resolve(ResourceKind::User, &p(None, "password", None))
+            .unwrap();
+        assert_eq!(
+            (pw.attr.mutability, pw.attr.returned),
+            (Mutability::WriteOnly, Returned::Never)
+        );
+        let groups = r
+            .resolve(ResourceKind::User, &p(None, "groups", None))
+            .unwrap();
         assert_eq!(groups.attr.mutability, Mutability::ReadOnly);
-        let id = r.resolve(ResourceKind::Group, &p(None, "id", None)).unwrap();
-        assert_eq!((id.attr.returned, id.attr.mutability), (Returned::Always, Mutability::ReadOnly));
+        let id = r
+            .resolve(ResourceKind::Group, &p(None, "id", None))
+            .unwrap();
+        assert_eq!(
+            (id.attr.returned, id.attr.mutability),
+            (Returned::Always, Mutability::ReadOnly)
+        );
         assert_eq!(id.schema_urn, GROUP_SCHEMA);
-        let dn = r.resolve(ResourceKind::Group, &p(None, "displayName", None)).unwrap();
+        let dn = r
+            .resolve(ResourceKind::Group, &p(None, "displayName", None))
+            .unwrap();
         assert!(dn.attr.required);
-        let mv = r.resolve(ResourceKind::Group, &p(None, "members", Some("value"))).unwrap();
+        let mv = r
+            .resolve(ResourceKind::Group, &p(None, "members", Some("value")))
+            .unwrap();
         assert_eq!(mv.sub.unwrap().mutability, Mutability::Immutable);
     }
 
@@ -637,19 +734,38 @@ mod tests {
         let m = r
             .resolve(
                 ResourceKind::User,
-                &p(Some("urn:ietf:params:scim:schemas:extension:enterprise:2.0:user"), "Manager", Some("VALUE")),
+                &p(
+                    Some("urn:ietf:params:scim:schemas:extension:enterprise:2.0:user"),
+                    "Manager",
+                    Some("VALUE"),
+                ),
             )
             .unwrap();
         assert!(m.extension);
         assert_eq!(m.schema_urn, ENTERPRISE_USER_SCHEMA);
-        assert_eq!((m.attr.name.as_str(), m.sub.unwrap().name.as_str()), ("manager", "value"));
+        assert_eq!(
+            (m.attr.name.as_str(), m.sub.unwrap().name.as_str()),
+            ("manager", "value")
+        );
         // Unqualified extension attribute is found after the core schema.
-        let e = r.resolve(ResourceKind::User, &p(None, "employeeNumber", None)).unwrap();
+        let e = r
+            .resolve(ResourceKind::User, &p(None, "employeeNumber", None))
+            .unwrap();
         assert!(e.extension);
-        let core = r.resolve(ResourceKind::User, &p(Some(USER_SCHEMA), "name", Some("givenName"))).unwrap();
+        let core = r
+            .resolve(
+                ResourceKind::User,
+                &p(Some(USER_SCHEMA), "name", Some("givenName")),
+            )
+            .unwrap();
         assert!(!core.extension);
         assert_eq!(core.target().name, "givenName");
-        let meta = r.resolve(ResourceKind::User, &p(Some(USER_SCHEMA), "meta", Some("lastModified"))).unwrap();
+        let meta = r
+            .resolve(
+                ResourceKind::User,
+                &p(Some(USER_SCHEMA), "meta", Some("lastModified")),
+            )
+            .unwrap();
         assert_eq!(meta.target().attr_type, AttrType::DateTime);
     }
 
@@ -659,13 +775,23 @@ mod tests {
         for (path, needle) in [
             (p(None, "nosuch", None), "nosuch"),
             (p(None, "name", Some("nosub")), "name.nosub"),
-            (p(Some("urn:example:custom:2.0:User"), "x", None), "urn:example:custom:2.0:User"),
+            (
+                p(Some("urn:example:custom:2.0:User"), "x", None),
+                "urn:example:custom:2.0:User",
+            ),
             // enterprise extension is not a Group extension
             (p(None, "employeeNumber", None), "employeeNumber"),
         ] {
-            let kind = if needle == "employeeNumber" { ResourceKind::Group } else { ResourceKind::User };
+            let kind = if needle == "employeeNumber" {
+                ResourceKind::Group
+            } else {
+                ResourceKind::User
+            };
             let e = r.resolve(kind, &path).unwrap_err();
-            assert_eq!((e.status, e.scim_type), (400, Some(crate::scim::ScimType::InvalidPath)));
+            assert_eq!(
+                (e.status, e.scim_type),
+                (400, Some(crate::scim::ScimType::InvalidPath))
+            );
             assert!(e.detail.contains(needle), "{} lacks {needle}", e.detail);
         }
     }
@@ -687,16 +813,34 @@ mod tests {
         let r = SchemaRegistry::get();
         let k = ResourceKind::User;
         assert_eq!(
-            r.split_urn(k, "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value"),
+            r.split_urn(
+                k,
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value"
+            ),
             Some((ENTERPRISE_USER_SCHEMA, "manager.value"))
         );
         assert_eq!(
-            r.split_urn(k, "URN:IETF:PARAMS:SCIM:SCHEMAS:CORE:2.0:USER:name.givenName"),
+            r.split_urn(
+                k,
+                "URN:IETF:PARAMS:SCIM:SCHEMAS:CORE:2.0:USER:name.givenName"
+            ),
             Some((USER_SCHEMA, "name.givenName"))
         );
         assert_eq!(r.split_urn(k, ENTERPRISE_USER_SCHEMA), None);
-        assert_eq!(r.split_urn(k, "urn:ietf:params:scim:schemas:extension:ADSCIM:2.0:User:x"), None);
-        assert_eq!(r.split_urn(ResourceKind::Group, "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:x"), None);
+        assert_eq!(
+            r.split_urn(
+                k,
+                "urn:ietf:params:scim:schemas:extension:ADSCIM:2.0:User:x"
+            ),
+            None
+        );
+        assert_eq!(
+            r.split_urn(
+                ResourceKind::Group,
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:x"
+            ),
+            None
+        );
         assert_eq!(r.split_urn(k, "é"), None);
     }
 
@@ -707,11 +851,26 @@ mod tests {
         let no_limit = SPC_JSON.replace("\"maxResults\": 1000", "\"maxResults\": 0");
         let bad_rt = RESOURCE_TYPES_JSON.replace(GROUP_SCHEMA, "urn:example:nope");
         for src in [
-            Sources { user: "{", ..Sources::embedded() },
-            Sources { user: &bad_type, ..Sources::embedded() },
-            Sources { spc: &no_limit, ..Sources::embedded() },
-            Sources { resource_types: &bad_rt, ..Sources::embedded() },
-            Sources { sp_schemas: "{}", ..Sources::embedded() },
+            Sources {
+                user: "{",
+                ..Sources::embedded()
+            },
+            Sources {
+                user: &bad_type,
+                ..Sources::embedded()
+            },
+            Sources {
+                spc: &no_limit,
+                ..Sources::embedded()
+            },
+            Sources {
+                resource_types: &bad_rt,
+                ..Sources::embedded()
+            },
+            Sources {
+                sp_schemas: "{}",
+                ..Sources::embedded()
+            },
         ] {
             assert!(SchemaRegistry::from_sources(&src).is_err());
         }
@@ -722,15 +881,33 @@ mod tests {
     fn every_attribute_of_the_served_schemas_has_full_properties() {
         // scim2-models validates /Schemas; every property must be spelled out in the files.
         fn check(a: &Value) {
-            for k in ["name", "type", "multiValued", "description", "required", "caseExact", "mutability", "returned", "uniqueness"] {
+            for k in [
+                "name",
+                "type",
+                "multiValued",
+                "description",
+                "required",
+                "caseExact",
+                "mutability",
+                "returned",
+                "uniqueness",
+            ] {
                 assert!(a.get(k).is_some(), "{} lacks {k}", a["name"]);
             }
-            for s in a.get("subAttributes").and_then(Value::as_array).into_iter().flatten() {
+            for s in a
+                .get("subAttributes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 check(s);
             }
         }
         for s in SchemaRegistry::get().schemas() {
-            assert!(s.raw.get("meta").is_none(), "meta is added by the HTTP layer");
+            assert!(
+                s.raw.get("meta").is_none(),
+                "meta is added by the HTTP layer"
+            );
             for a in s.raw["attributes"].as_array().unwrap() {
                 check(a);
             }

@@ -8,9 +8,16 @@ use sqlx::AnyConnection;
 use super::Engine;
 
 /// Takes the lock named `name` until the current transaction ends.
-pub async fn xact_lock(conn: &mut AnyConnection, engine: Engine, name: &str) -> Result<(), sqlx::Error> {
+pub async fn xact_lock(
+    conn: &mut AnyConnection,
+    engine: Engine,
+    name: &str,
+) -> Result<(), sqlx::Error> {
     if engine == Engine::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(name)).execute(&mut *conn).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(lock_key(name))
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }

@@ -67,7 +67,7 @@ pub const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
 ];
 
 /// Key of the PostgreSQL advisory lock held while migrating ("deprovd" in ASCII).
-const PG_MIGRATION_LOCK: i64 = 0x6465_7072_6f76_64;
+const PG_MIGRATION_LOCK: i64 = 0x0064_6570_726f_7664;
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
      version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied TEXT NOT NULL)";

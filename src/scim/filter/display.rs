@@ -294,7 +294,7 @@ mod tests {
 
     /// Filters allowed inside `[ ]`: no nested value paths.
     fn inner_filter() -> impl Strategy<Value = Filter> {
-        leaf().prop_recursive(4, 24, 2, |inner| combine(inner))
+        leaf().prop_recursive(4, 24, 2, combine)
     }
 
     fn value_path() -> impl Strategy<Value = Filter> {
@@ -305,7 +305,7 @@ mod tests {
     }
 
     fn filter() -> impl Strategy<Value = Filter> {
-        prop_oneof![3 => leaf(), 1 => value_path()].prop_recursive(4, 24, 2, |inner| combine(inner))
+        prop_oneof![3 => leaf(), 1 => value_path()].prop_recursive(4, 24, 2, combine)
     }
 
     fn patch_path() -> impl Strategy<Value = PatchPath> {

@@ -1,0 +1,314 @@
+//! `deprovd factors list|enroll|revoke`: administer the built-in factor store from the command
+//! line. `--user` is the SCIM userName; it is mapped to the factor-store key with the tenant's
+//! `[link] by` rule. Enrolling TOTP/HOTP prints the `otpauth://` URI and recovery codes print
+//! their codes, once. Every change is audited.
+//!
+//! Not here: the store itself (`factors/builtin.rs`).
+
+use std::sync::Arc;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::audit::{append_now, AuditActor, AuditEntry};
+use crate::factors::{self, link_key, store as fstore, EnrollMaterial, FactorType, MasterKey};
+use crate::store::Db;
+
+#[derive(Debug, Subcommand)]
+pub enum FactorsCmd {
+    /// List a user's factors (every status).
+    List {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// SCIM userName.
+        #[arg(long)]
+        user: String,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enroll a factor for a user.
+    Enroll {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// SCIM userName.
+        #[arg(long)]
+        user: String,
+        /// totp, hotp, webauthn, sms, voice, email, push, recovery_codes, hardware_otp, certificate
+        #[arg(long = "type", value_name = "TYPE")]
+        factor_type: String,
+        #[arg(long)]
+        label: Option<String>,
+        /// WebAuthn credential id / certificate id (webauthn, certificate).
+        #[arg(long)]
+        credential_id: Option<String>,
+        /// Public key of the credential (webauthn, certificate).
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Phone number, address or device (sms, voice, email, push) or token serial.
+        #[arg(long)]
+        destination: Option<String>,
+    },
+    /// Revoke a factor by id.
+    Revoke {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// (SCIM id, factor-store key) of the user called `user_name` in the tenant.
+async fn resolve_user(
+    db: &Db,
+    tenant_id: &str,
+    user_name: &str,
+) -> Result<(String, String), String> {
+    let user = fstore::user_by_user_name(&db.pool, tenant_id, user_name)
+        .await
+        .map_err(|e| format!("database error: {e}"))?
+        .ok_or_else(|| format!("no user with userName {user_name:?} in this tenant"))?;
+    let (policy, _) = crate::policy::current_policy(db, tenant_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let key = link_key(&user.resource, policy.link_by).ok_or_else(|| {
+        format!(
+            "user {user_name:?} has no {} value, which the tenant's policy ([link] by) uses to find them in the factor store",
+            policy.link_by.as_str()
+        )
+    })?;
+    Ok((user.id, key))
+}
+
+fn material(
+    t: FactorType,
+    credential_id: Option<String>,
+    public_key: Option<String>,
+    destination: Option<String>,
+) -> Result<EnrollMaterial, String> {
+    match (credential_id, public_key, destination) {
+        (None, None, None) => Ok(EnrollMaterial::None),
+        (Some(credential_id), Some(public_key), None) => Ok(EnrollMaterial::Webauthn {
+            credential_id,
+            public_key,
+        }),
+        (None, None, Some(value)) => Ok(EnrollMaterial::Destination { value }),
+        (Some(_), None, None) | (None, Some(_), None) => Err(format!(
+            "a {t} factor needs both --credential-id and --public-key"
+        )),
+        _ => Err("give either --credential-id with --public-key, or --destination".into()),
+    }
+}
+
+pub async fn run(db: &Db, key: Arc<MasterKey>, cmd: FactorsCmd) -> Result<(), String> {
+    match cmd {
+        FactorsCmd::List { tenant, user, json } => {
+            let t = super::tenant_named(db, &tenant).await?;
+            let (_, user_key) = resolve_user(db, &t.id, &user).await?;
+            let list = factors::list(db, &t.id, &user_key)
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                for f in &list {
+                    println!("{}", serde_json::to_string(f).map_err(|e| e.to_string())?);
+                }
+            } else {
+                println!(
+                    "{:<36}  {:<14}  {:<9}  {:<27}  {:<27}  LABEL",
+                    "ID", "TYPE", "STATUS", "CREATED", "LAST USED"
+                );
+                for f in &list {
+                    println!(
+                        "{:<36}  {:<14}  {:<9}  {:<27}  {:<27}  {}",
+                        f.id,
+                        f.factor_type.as_str(),
+                        f.status.as_str(),
+                        f.created,
+                        f.last_used.as_deref().unwrap_or("-"),
+                        f.label.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            Ok(())
+        }
+        FactorsCmd::Enroll {
+            tenant,
+            user,
+            factor_type,
+            label,
+            credential_id,
+            public_key,
+            destination,
+        } => {
+            let t = super::tenant_named(db, &tenant).await?;
+            let ft: FactorType = factor_type.parse()?;
+            let m = material(ft, credential_id, public_key, destination)?;
+            let (user_id, user_key) = resolve_user(db, &t.id, &user).await?;
+            let enrolled = factors::enroll(db, &key, &t.id, &user_key, ft, label, m)
+                .await
+                .map_err(|e| e.to_string())?;
+            let entry = AuditEntry::new(
+                "factor.enrolled",
+                AuditActor::cli("factors enroll"),
+                Some(&user_id),
+                json!({"factor_id": enrolled.factor.id, "type": ft, "user_key": user_key, "store": "builtin"}),
+            );
+            append_now(db, &t.id, entry)
+                .await
+                .map_err(|e| format!("enrolled, but the audit entry failed: {e}"))?;
+            println!(
+                "{}",
+                serde_json::to_string(&enrolled.factor).map_err(|e| e.to_string())?
+            );
+            if let Some(uri) = &enrolled.otpauth_uri {
+                eprintln!("scan this into the authenticator now; it is not shown again:");
+                println!("{uri}");
+            }
+            if let Some(codes) = &enrolled.recovery_codes {
+                eprintln!("recovery codes, shown once; each works once:");
+                for c in codes {
+                    println!("{c}");
+                }
+            }
+            Ok(())
+        }
+        FactorsCmd::Revoke { tenant, id } => {
+            let t = super::tenant_named(db, &tenant).await?;
+            let f = factors::revoke_by_id(db, &t.id, &id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no factor {id} in tenant {}", t.name))?;
+            let entry = AuditEntry::new(
+                "factor.revoked",
+                AuditActor::cli("factors revoke"),
+                None,
+                json!({"factor_id": f.id, "type": f.factor_type, "store": "builtin", "reason": "admin"}),
+            );
+            append_now(db, &t.id, entry)
+                .await
+                .map_err(|e| format!("revoked, but the audit entry failed: {e}"))?;
+            println!("{}", serde_json::to_string(&f).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::{Actor, Directory};
+    use crate::factors::crypto::KeySource;
+    use crate::factors::FactorStatus;
+    use sqlx::AnyConnection;
+
+    #[test]
+    fn material_flags() {
+        let t = FactorType::Webauthn;
+        assert_eq!(material(t, None, None, None).unwrap(), EnrollMaterial::None);
+        assert!(matches!(
+            material(t, Some("c".into()), Some("k".into()), None),
+            Ok(EnrollMaterial::Webauthn { .. })
+        ));
+        assert!(matches!(
+            material(t, None, None, Some("+1".into())),
+            Ok(EnrollMaterial::Destination { .. })
+        ));
+        assert!(material(t, Some("c".into()), None, None).is_err());
+        assert!(material(t, Some("c".into()), Some("k".into()), Some("d".into())).is_err());
+    }
+
+    #[tokio::test]
+    async fn enroll_list_revoke_by_user_name() {
+        for db in crate::store::testing::fresh_dbs().await {
+            let tenant = db
+                .write(|c: &mut AnyConnection| {
+                    Box::pin(async move { crate::store::tenants::create_tenant(c, "fx").await })
+                })
+                .await
+                .unwrap();
+            let t = tenant.id.as_str();
+            let dir = Directory::new(db.clone());
+            let user = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "Erin@Example.com"});
+            dir.create_user(&Actor::system(t), user).await.unwrap();
+            let key = Arc::new(MasterKey::generate(KeySource::Ephemeral));
+            let enroll = |ty: &str| FactorsCmd::Enroll {
+                tenant: "fx".into(),
+                user: "erin@example.com".into(),
+                factor_type: ty.into(),
+                label: Some("laptop".into()),
+                credential_id: None,
+                public_key: None,
+                destination: None,
+            };
+            run(&db, key.clone(), enroll("totp")).await.unwrap();
+            run(&db, key.clone(), enroll("recovery-codes"))
+                .await
+                .unwrap();
+            assert!(run(&db, key.clone(), enroll("pigeon"))
+                .await
+                .unwrap_err()
+                .contains("pigeon"));
+            assert!(run(&db, key.clone(), enroll("webauthn")).await.is_err());
+            // keyed by the lower-cased userName (the default [link] by)
+            let fs = factors::list(&db, t, "erin@example.com").await.unwrap();
+            assert_eq!(fs.len(), 2);
+            run(
+                &db,
+                key.clone(),
+                FactorsCmd::List {
+                    tenant: "fx".into(),
+                    user: "ERIN@example.com".into(),
+                    json: true,
+                },
+            )
+            .await
+            .unwrap();
+            assert!(run(
+                &db,
+                key.clone(),
+                FactorsCmd::List {
+                    tenant: "fx".into(),
+                    user: "nobody".into(),
+                    json: false
+                }
+            )
+            .await
+            .unwrap_err()
+            .contains("nobody"));
+            run(
+                &db,
+                key.clone(),
+                FactorsCmd::Revoke {
+                    tenant: "fx".into(),
+                    id: fs[0].id.clone(),
+                },
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                factors::list(&db, t, "erin@example.com").await.unwrap()[0].status,
+                FactorStatus::Revoked
+            );
+            assert!(run(
+                &db,
+                key.clone(),
+                FactorsCmd::Revoke {
+                    tenant: "fx".into(),
+                    id: "nope".into()
+                }
+            )
+            .await
+            .is_err());
+            assert!(run(
+                &db,
+                key,
+                FactorsCmd::Revoke {
+                    tenant: "nope".into(),
+                    id: "x".into()
+                }
+            )
+            .await
+            .is_err());
+        }
+    }
+}

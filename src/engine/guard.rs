@@ -1,0 +1,292 @@
+//! The blast-radius guard. Before a converge executes destructive actions (suspend, revoke, end
+//! sessions) for a user, the guard counts the distinct users whose destructive actions ran in the
+//! tenant's sliding 15-minute window. If this user would push the count past
+//! `max_destructive_per_15m`, or past `max_destructive_percent_per_15m` of the tenant's users once
+//! the count is above `percent_applies_above`, the guard trips: this user's destructive actions,
+//! and every later one, are held in the quarantine (recorded, not executed) until an admin
+//! releases (they run) or discards (they are dropped, audited) them.
+//!
+//! Units: the guard counts users, not individual actions. One deactivation suspends several
+//! factors and ends sessions; the thresholds read as "how many people may lose access in 15
+//! minutes", which is what a misconfigured IdP scope gets wrong. The percentage base is the
+//! tenant's active users plus the users already counted in the window (those were mostly active
+//! before the window began, and a mass deactivation must not shrink its own denominator).
+//!
+//! Not here: planning (see `plan.rs`) or executing actions; SQL (`store.rs`).
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::AnyConnection;
+
+use super::store::{self, GuardRow, QuarantineEntry};
+use crate::audit::{self, AuditActor, AuditEntry};
+use crate::policy::GuardRule;
+use crate::store::{ts_from, Db, Engine, StoreError};
+
+/// The sliding window.
+pub const WINDOW_MINUTES: i64 = 15;
+
+/// What the guard decided for one converge's destructive actions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Execute,
+    /// Hold them back. `tripped_now`: this decision tripped the guard (alert once).
+    Quarantine { tripped_now: bool, reason: String },
+}
+
+/// Whether `count` distinct users (this one included) out of a base of `base` users passes the
+/// tenant's bounds; the reason when it does.
+pub fn exceeds(count: i64, base: i64, rule: &GuardRule) -> Option<String> {
+    let max = i64::try_from(rule.max_destructive_per_15m).unwrap_or(i64::MAX);
+    if count > max {
+        return Some(format!(
+            "{count} users with destructive actions in {WINDOW_MINUTES} minutes exceeds \
+             max_destructive_per_15m = {max}"
+        ));
+    }
+    let floor = i64::try_from(rule.percent_applies_above).unwrap_or(i64::MAX);
+    let percent = rule.max_destructive_percent_per_15m;
+    if count > floor && (count as f64) * 100.0 > percent * (base.max(1) as f64) {
+        return Some(format!(
+            "{count} of {base} users with destructive actions in {WINDOW_MINUTES} minutes \
+             exceeds max_destructive_percent_per_15m = {percent} (applies above {floor})"
+        ));
+    }
+    None
+}
+
+/// Where the tenant's window starts now: 15 minutes ago, or the last release/discard if later.
+fn window_start(row: &GuardRow, now: DateTime<Utc>) -> String {
+    let sliding = ts_from(now - Duration::minutes(WINDOW_MINUTES));
+    match &row.window_start {
+        Some(w) if *w > sliding => w.clone(),
+        _ => sliding,
+    }
+}
+
+/// Decides, inside the converge's decision transaction, whether `user_id`'s `destructive`
+/// actions may run; counts them when they may. `bypass`: an admin released this user's
+/// quarantined actions (they run and do not count).
+#[allow(clippy::too_many_arguments)]
+pub async fn check(
+    conn: &mut AnyConnection,
+    engine: Engine,
+    tenant_id: &str,
+    user_id: &str,
+    destructive: usize,
+    rule: &GuardRule,
+    bypass: bool,
+    now: DateTime<Utc>,
+) -> Result<Verdict, sqlx::Error> {
+    let row = store::lock_guard(conn, engine, tenant_id).await?;
+    // Prune the window table now and then (rows older than a day count for nothing).
+    let prune = (rand::random::<u8>() < 3).then(|| ts_from(now - Duration::days(1)));
+    let n = destructive as i64;
+    if bypass {
+        store::record_guard_action(conn, tenant_id, user_id, n, true, prune.as_deref()).await?;
+        return Ok(Verdict::Execute);
+    }
+    if row.tripped {
+        return Ok(Verdict::Quarantine {
+            tripped_now: false,
+            reason: row.trip_reason.unwrap_or_else(|| "the guard is tripped".into()),
+        });
+    }
+    let since = window_start(&row, now);
+    let (count, counted) = store::window_users(conn, tenant_id, &since, user_id).await?;
+    if !counted {
+        let active = store::count_active_users(conn, tenant_id).await?;
+        if let Some(reason) = exceeds(count + 1, active + count, rule) {
+            store::set_tripped(conn, tenant_id, &reason).await?;
+            return Ok(Verdict::Quarantine {
+                tripped_now: true,
+                reason,
+            });
+        }
+    }
+    store::record_guard_action(conn, tenant_id, user_id, n, false, prune.as_deref()).await?;
+    Ok(Verdict::Execute)
+}
+
+/// A tenant's guard, for `guard status` and the admin API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GuardStatus {
+    pub tenant_id: String,
+    pub tripped: bool,
+    pub tripped_at: Option<String>,
+    pub trip_reason: Option<String>,
+    /// Start of the current window (15 minutes ago, or the last release/discard).
+    pub window_start: String,
+    /// Distinct users whose destructive actions counted in the window.
+    pub window_users: i64,
+    pub quarantined: Vec<QuarantineEntry>,
+}
+
+pub async fn status(db: &Db, tenant_id: &str) -> Result<GuardStatus, sqlx::Error> {
+    let row = store::read_guard(db, tenant_id).await?;
+    let start = window_start(&row, Utc::now());
+    let window_users = store::window_count(db, tenant_id, &start).await?;
+    Ok(GuardStatus {
+        tenant_id: tenant_id.to_string(),
+        tripped: row.tripped,
+        tripped_at: row.tripped_at,
+        trip_reason: row.trip_reason,
+        window_start: start,
+        window_users,
+        quarantined: store::list_quarantine(db, tenant_id).await?,
+    })
+}
+
+/// What a release or discard touched.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Resolution {
+    pub was_tripped: bool,
+    /// Users whose held actions were released (converged again) or discarded.
+    pub users: Vec<String>,
+}
+
+/// Un-trips the guard and lets every quarantined user's destructive actions run: each user is
+/// converged again (level-triggered: what runs is what the policy wants now, not what was held),
+/// bypassing the guard once. The window restarts now. Audited.
+pub async fn release(db: &Db, tenant_id: &str, actor: AuditActor) -> Result<Resolution, StoreError> {
+    let engine = db.engine;
+    let tenant = tenant_id.to_string();
+    db.write(move |conn: &mut AnyConnection| {
+        Box::pin(async move {
+            let row = store::lock_guard(conn, engine, &tenant).await?;
+            let held = store::held_quarantine(conn, &tenant).await?;
+            store::mark_released(conn, &tenant).await?;
+            for q in &held {
+                crate::jobs::enqueue_converge(conn, &tenant, &q.user_id, "guard_release", None)
+                    .await?;
+            }
+            store::reset_guard(conn, &tenant).await?;
+            let users: Vec<String> = held.iter().map(|q| q.user_id.clone()).collect();
+            audit::append(
+                conn,
+                &tenant,
+                AuditEntry::new(
+                    audit::kinds::GUARD_RELEASED,
+                    actor,
+                    None,
+                    json!({
+                        "was_tripped": row.tripped,
+                        "trip_reason": row.trip_reason,
+                        "users": users,
+                    }),
+                ),
+            )
+            .await?;
+            Ok::<_, StoreError>(Resolution {
+                was_tripped: row.tripped,
+                users,
+            })
+        })
+    })
+    .await
+}
+
+/// Un-trips the guard and drops every quarantined action, with one audit entry per user. The
+/// users are not converged again until their next trigger (a SCIM change, the nightly run).
+pub async fn discard(db: &Db, tenant_id: &str, actor: AuditActor) -> Result<Resolution, StoreError> {
+    let engine = db.engine;
+    let tenant = tenant_id.to_string();
+    db.write(move |conn: &mut AnyConnection| {
+        Box::pin(async move {
+            let row = store::lock_guard(conn, engine, &tenant).await?;
+            let held = store::held_quarantine(conn, &tenant).await?;
+            store::delete_held(conn, &tenant).await?;
+            store::reset_guard(conn, &tenant).await?;
+            for q in &held {
+                audit::append(
+                    conn,
+                    &tenant,
+                    AuditEntry::new(
+                        audit::kinds::GUARD_DISCARDED,
+                        actor.clone(),
+                        Some(&q.user_id),
+                        json!({
+                            "quarantine_id": q.id,
+                            "actions": q.actions,
+                            "held_since": q.created,
+                            "trip_reason": row.trip_reason,
+                        }),
+                    ),
+                )
+                .await?;
+            }
+            if held.is_empty() {
+                audit::append(
+                    conn,
+                    &tenant,
+                    AuditEntry::new(
+                        audit::kinds::GUARD_DISCARDED,
+                        actor,
+                        None,
+                        json!({ "was_tripped": row.tripped, "users": [] }),
+                    ),
+                )
+                .await?;
+            }
+            Ok::<_, StoreError>(Resolution {
+                was_tripped: row.tripped,
+                users: held.iter().map(|q| q.user_id.clone()).collect(),
+            })
+        })
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(max: u64, percent: f64, floor: u64) -> GuardRule {
+        GuardRule {
+            max_destructive_per_15m: max,
+            max_destructive_percent_per_15m: percent,
+            percent_applies_above: floor,
+        }
+    }
+
+    #[test]
+    fn absolute_bound() {
+        let r = rule(50, 100.0, 1000);
+        assert_eq!(exceeds(50, 10_000, &r), None);
+        assert!(exceeds(51, 10_000, &r).unwrap().contains("max_destructive_per_15m = 50"));
+    }
+
+    #[test]
+    fn percentage_bound_has_a_floor() {
+        let r = rule(50, 5.0, 20);
+        // A ten-person tenant offboards one person: 10 % but under the floor.
+        assert_eq!(exceeds(1, 10, &r), None);
+        // 21 of 100 is past the floor and past 5 %.
+        assert!(exceeds(21, 100, &r).unwrap().contains("percent"));
+        // 21 of 1000 is 2.1 %: fine; 51 of 1000 trips on the absolute bound.
+        assert_eq!(exceeds(21, 1000, &r), None);
+        assert!(exceeds(51, 1000, &r).unwrap().contains("max_destructive_per_15m"));
+        // Exactly at the percentage is not past it.
+        assert_eq!(exceeds(25, 500, &rule(50, 5.0, 20)), None);
+        assert!(exceeds(26, 500, &rule(50, 5.0, 20)).is_some());
+    }
+
+    #[test]
+    fn zero_base_does_not_divide_by_zero() {
+        assert!(exceeds(2, 0, &rule(50, 5.0, 1)).is_some());
+        assert_eq!(exceeds(1, 0, &rule(50, 5.0, 1)), None);
+    }
+
+    #[test]
+    fn window_restarts_at_release() {
+        let now = Utc::now();
+        let mut row = GuardRow::default();
+        let sliding = window_start(&row, now);
+        assert_eq!(sliding, ts_from(now - Duration::minutes(15)));
+        row.window_start = Some(ts_from(now - Duration::minutes(1)));
+        assert_eq!(window_start(&row, now), ts_from(now - Duration::minutes(1)));
+        row.window_start = Some(ts_from(now - Duration::hours(1)));
+        assert_eq!(window_start(&row, now), sliding);
+    }
+}

@@ -1,0 +1,432 @@
+//! The lifecycle engine's SQL: the guard's state, window and quarantine, the enforcement
+//! bookkeeping, and the two reads of directory tables the engine needs that the directory does
+//! not offer (lifecycle timestamps, the active-user count). Same SQL on both engines except the
+//! row lock on PostgreSQL.
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Executor, Row};
+
+use crate::store::{now_ts, Db, Engine};
+
+// ---------------------------------------------------------------------------------------------
+// Directory reads.
+
+/// Time (table text) of the user's most recent lifecycle row of `kind`.
+pub async fn last_lifecycle<'e, E>(
+    ex: E,
+    tenant_id: &str,
+    user_id: &str,
+    kind: &str,
+) -> Result<Option<(String, String)>, sqlx::Error>
+where
+    E: Executor<'e, Database = sqlx::Any>,
+{
+    let row = sqlx::query(
+        "SELECT created, detail FROM lifecycle_events WHERE tenant_id = $1 AND user_id = $2 \
+         AND kind = $3 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(tenant_id)
+    .bind(user_id)
+    .bind(kind)
+    .fetch_optional(ex)
+    .await?;
+    match row {
+        Some(r) => Ok(Some((r.try_get("created")?, r.try_get("detail")?))),
+        None => Ok(None),
+    }
+}
+
+/// Active users of the tenant (the guard's percentage base).
+pub async fn count_active_users(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query("SELECT COUNT(*) FROM users WHERE tenant_id = $1 AND active = 1")
+        .bind(tenant_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    row.try_get(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guard.
+
+/// A tenant's guard row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct GuardRow {
+    pub tripped: bool,
+    pub tripped_at: Option<String>,
+    pub trip_reason: Option<String>,
+    /// Releases and discards restart the sliding window here.
+    pub window_start: Option<String>,
+}
+
+fn guard_row(r: &AnyRow) -> Result<GuardRow, sqlx::Error> {
+    Ok(GuardRow {
+        tripped: r.try_get::<i64, _>("tripped")? != 0,
+        tripped_at: r.try_get("tripped_at")?,
+        trip_reason: r.try_get("trip_reason")?,
+        window_start: r.try_get("window_start")?,
+    })
+}
+
+/// Reads the tenant's guard row, creating it if needed, and (PostgreSQL) locks it until the
+/// transaction ends: guard decisions of one tenant are serialised, so two workers cannot both
+/// see room for one more.
+pub async fn lock_guard(
+    conn: &mut AnyConnection,
+    engine: Engine,
+    tenant_id: &str,
+) -> Result<GuardRow, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO guard_state (tenant_id, tripped) VALUES ($1, 0) \
+         ON CONFLICT (tenant_id) DO NOTHING",
+    )
+    .bind(tenant_id)
+    .execute(&mut *conn)
+    .await?;
+    let lock = match engine {
+        Engine::Postgres => " FOR UPDATE",
+        Engine::Sqlite => "",
+    };
+    let row = sqlx::query(&format!(
+        "SELECT tripped, tripped_at, trip_reason, window_start FROM guard_state \
+         WHERE tenant_id = $1{lock}"
+    ))
+    .bind(tenant_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    guard_row(&row)
+}
+
+pub async fn read_guard(db: &Db, tenant_id: &str) -> Result<GuardRow, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT tripped, tripped_at, trip_reason, window_start FROM guard_state WHERE tenant_id = $1",
+    )
+    .bind(tenant_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    row.as_ref().map(guard_row).transpose().map(Option::unwrap_or_default)
+}
+
+/// Distinct users with counted destructive actions since `since`, and whether `user_id` is one.
+pub async fn window_users(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    since: &str,
+    user_id: &str,
+) -> Result<(i64, bool), sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT COUNT(DISTINCT user_id), \
+         COALESCE(SUM(CASE WHEN user_id = $3 THEN 1 ELSE 0 END), 0) \
+         FROM guard_actions WHERE tenant_id = $1 AND at >= $2 AND bypass = 0",
+    )
+    .bind(tenant_id)
+    .bind(since)
+    .bind(user_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let count: i64 = row.try_get(0)?;
+    let mine: i64 = row.try_get(1)?;
+    Ok((count, mine > 0))
+}
+
+/// Distinct counted users since `since` (status display).
+pub async fn window_count(db: &Db, tenant_id: &str, since: &str) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT COUNT(DISTINCT user_id) FROM guard_actions \
+         WHERE tenant_id = $1 AND at >= $2 AND bypass = 0",
+    )
+    .bind(tenant_id)
+    .bind(since)
+    .fetch_one(&db.pool)
+    .await?;
+    row.try_get(0)
+}
+
+pub async fn record_guard_action(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    user_id: &str,
+    actions: i64,
+    bypass: bool,
+    prune_before: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO guard_actions (tenant_id, user_id, at, actions, bypass) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(tenant_id)
+    .bind(user_id)
+    .bind(now_ts())
+    .bind(actions)
+    .bind(bypass as i64)
+    .execute(&mut *conn)
+    .await?;
+    if let Some(before) = prune_before {
+        sqlx::query("DELETE FROM guard_actions WHERE tenant_id = $1 AND at < $2")
+            .bind(tenant_id)
+            .bind(before)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn set_tripped(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE guard_state SET tripped = 1, tripped_at = $2, trip_reason = $3 WHERE tenant_id = $1",
+    )
+    .bind(tenant_id)
+    .bind(now_ts())
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Un-trips and restarts the window now.
+pub async fn reset_guard(conn: &mut AnyConnection, tenant_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE guard_state SET tripped = 0, tripped_at = NULL, trip_reason = NULL, \
+         window_start = $2 WHERE tenant_id = $1",
+    )
+    .bind(tenant_id)
+    .bind(now_ts())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quarantine.
+
+/// Destructive actions held back for one user.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuarantineEntry {
+    pub id: String,
+    pub user_id: String,
+    pub actions: Value,
+    pub created: String,
+    pub updated: String,
+    /// Set when an admin released it and the user's converge has not run yet.
+    pub released: Option<String>,
+}
+
+fn quarantine_entry(r: &AnyRow) -> Result<QuarantineEntry, sqlx::Error> {
+    let actions: String = r.try_get("actions")?;
+    Ok(QuarantineEntry {
+        id: r.try_get("id")?,
+        user_id: r.try_get("user_id")?,
+        actions: serde_json::from_str(&actions).unwrap_or(Value::Null),
+        created: r.try_get("created")?,
+        updated: r.try_get("updated")?,
+        released: r.try_get("released")?,
+    })
+}
+
+const Q_COLUMNS: &str = "id, user_id, actions, created, updated, released";
+
+pub async fn get_quarantine(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    user_id: &str,
+) -> Result<Option<QuarantineEntry>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {Q_COLUMNS} FROM quarantine WHERE tenant_id = $1 AND user_id = $2"
+    ))
+    .bind(tenant_id)
+    .bind(user_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(quarantine_entry).transpose()
+}
+
+/// Holds `actions` back for the user (replacing what was held before: the newest plan is the
+/// one that matters). Returns the entry id.
+pub async fn upsert_quarantine(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    user_id: &str,
+    actions: &Value,
+) -> Result<String, sqlx::Error> {
+    let now = now_ts();
+    let row = sqlx::query(
+        "INSERT INTO quarantine (tenant_id, id, user_id, actions, created, updated, released) \
+         VALUES ($1, $2, $3, $4, $5, $5, NULL) \
+         ON CONFLICT (tenant_id, user_id) DO UPDATE SET actions = excluded.actions, \
+         updated = excluded.updated, released = NULL \
+         RETURNING id",
+    )
+    .bind(tenant_id)
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(user_id)
+    .bind(actions.to_string())
+    .bind(&now)
+    .fetch_one(&mut *conn)
+    .await?;
+    row.try_get(0)
+}
+
+pub async fn delete_quarantine(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    user_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("DELETE FROM quarantine WHERE tenant_id = $1 AND user_id = $2")
+        .bind(tenant_id)
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+pub async fn list_quarantine(db: &Db, tenant_id: &str) -> Result<Vec<QuarantineEntry>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {Q_COLUMNS} FROM quarantine WHERE tenant_id = $1 ORDER BY created, user_id"
+    ))
+    .bind(tenant_id)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter().map(quarantine_entry).collect()
+}
+
+/// Entries not yet released, in the caller's transaction.
+pub async fn held_quarantine(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+) -> Result<Vec<QuarantineEntry>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {Q_COLUMNS} FROM quarantine WHERE tenant_id = $1 AND released IS NULL \
+         ORDER BY created, user_id"
+    ))
+    .bind(tenant_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(quarantine_entry).collect()
+}
+
+pub async fn mark_released(conn: &mut AnyConnection, tenant_id: &str) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE quarantine SET released = $2 WHERE tenant_id = $1 AND released IS NULL",
+    )
+    .bind(tenant_id)
+    .bind(now_ts())
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+pub async fn delete_held(conn: &mut AnyConnection, tenant_id: &str) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query("DELETE FROM quarantine WHERE tenant_id = $1 AND released IS NULL")
+        .bind(tenant_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(r.rows_affected())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Enforcement bookkeeping.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnforcementRow {
+    pub rule_key: String,
+    pub types: String,
+    pub since: String,
+    pub deadline: String,
+    pub marked: bool,
+    pub overdue: bool,
+}
+
+pub async fn load_enforcement<'e, E>(
+    ex: E,
+    tenant_id: &str,
+    user_id: &str,
+) -> Result<Vec<EnforcementRow>, sqlx::Error>
+where
+    E: Executor<'e, Database = sqlx::Any>,
+{
+    let rows = sqlx::query(
+        "SELECT rule_key, types, since, deadline, marked, overdue FROM enforcement \
+         WHERE tenant_id = $1 AND user_id = $2",
+    )
+    .bind(tenant_id)
+    .bind(user_id)
+    .fetch_all(ex)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(EnforcementRow {
+                rule_key: r.try_get("rule_key")?,
+                types: r.try_get("types")?,
+                since: r.try_get("since")?,
+                deadline: r.try_get("deadline")?,
+                marked: r.try_get::<i64, _>("marked")? != 0,
+                overdue: r.try_get::<i64, _>("overdue")? != 0,
+            })
+        })
+        .collect()
+}
+
+pub async fn upsert_enforcement(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    user_id: &str,
+    row: &EnforcementRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO enforcement (tenant_id, user_id, rule_key, types, since, deadline, marked, \
+         overdue) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (tenant_id, user_id, rule_key) DO UPDATE SET types = excluded.types, \
+         since = excluded.since, deadline = excluded.deadline, marked = excluded.marked, \
+         overdue = excluded.overdue",
+    )
+    .bind(tenant_id)
+    .bind(user_id)
+    .bind(&row.rule_key)
+    .bind(&row.types)
+    .bind(&row.since)
+    .bind(&row.deadline)
+    .bind(row.marked as i64)
+    .bind(row.overdue as i64)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_enforcement(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    user_id: &str,
+    rule_key: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM enforcement WHERE tenant_id = $1 AND user_id = $2 AND rule_key = $3")
+        .bind(tenant_id)
+        .bind(user_id)
+        .bind(rule_key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The user's quarantine entry, if any (read outside a transaction: a cheap pre-check).
+pub async fn list_quarantine_user(
+    db: &Db,
+    tenant_id: &str,
+    user_id: &str,
+) -> Result<Vec<QuarantineEntry>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {Q_COLUMNS} FROM quarantine WHERE tenant_id = $1 AND user_id = $2"
+    ))
+    .bind(tenant_id)
+    .bind(user_id)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter().map(quarantine_entry).collect()
+}
