@@ -46,3 +46,5 @@ CREATE TABLE webhook_deliveries (
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_attempt) WHERE state <> 'done';
 CREATE INDEX webhook_deliveries_lane ON webhook_deliveries(subscription_id, user_key, event_seq) WHERE state <> 'done';
 CREATE INDEX webhook_deliveries_tenant ON webhook_deliveries(tenant_id, subscription_id, state);
+-- pruning and the outbox foreign key look deliveries up by event
+CREATE INDEX webhook_deliveries_event ON webhook_deliveries(event_seq);

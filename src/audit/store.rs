@@ -235,9 +235,7 @@ async fn verify_chain(
         ))),
         Some((head_seq, head_hash)) if head_seq != last || head_hash != prev => Ok(Some((
             last,
-            format!(
-                "the chain head (seq {head_seq}) does not match the last entry (seq {last})"
-            ),
+            format!("the chain head (seq {head_seq}) does not match the last entry (seq {last})"),
         ))),
         Some(_) => Ok(None),
     }

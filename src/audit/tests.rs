@@ -54,8 +54,13 @@ async fn appended_chains_verify_and_link() {
         let r = verify(&db, None).await.unwrap();
         assert!(r.ok, "{r:?}");
         assert_eq!((r.entries, r.tenants), (8, 2));
-        let rows = list(&db, "a", &ListFilter::default(), 100, None).await.unwrap();
-        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        let rows = list(&db, "a", &ListFilter::default(), 100, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
         assert_eq!(rows[0].prev_hash, GENESIS);
         for w in rows.windows(2) {
             assert_eq!(w[1].prev_hash, w[0].hash);
@@ -72,7 +77,11 @@ async fn appended_chains_verify_and_link() {
 #[tokio::test]
 async fn edited_detail_is_named_at_that_entry() {
     for db in seeded().await {
-        exec(&db, "UPDATE audit_log SET detail = '{\"n\":99}' WHERE tenant_id = 'a' AND seq = 3").await;
+        exec(
+            &db,
+            "UPDATE audit_log SET detail = '{\"n\":99}' WHERE tenant_id = 'a' AND seq = 3",
+        )
+        .await;
         let (t, seq, why) = bad(&verify(&db, None).await.unwrap());
         assert_eq!((t.as_str(), seq), ("a", 3));
         assert!(why.contains("edited"), "{why}");
@@ -84,11 +93,19 @@ async fn edited_detail_is_named_at_that_entry() {
 #[tokio::test]
 async fn edited_actor_or_kind_is_detected() {
     for db in seeded().await {
-        exec(&db, "UPDATE audit_log SET actor_name = 'someone else' WHERE tenant_id = 'b' AND seq = 1").await;
+        exec(
+            &db,
+            "UPDATE audit_log SET actor_name = 'someone else' WHERE tenant_id = 'b' AND seq = 1",
+        )
+        .await;
         assert_eq!(bad(&verify(&db, None).await.unwrap()).1, 1);
     }
     for db in seeded().await {
-        exec(&db, "UPDATE audit_log SET client_ip = '10.0.0.1' WHERE tenant_id = 'a' AND seq = 5").await;
+        exec(
+            &db,
+            "UPDATE audit_log SET client_ip = '10.0.0.1' WHERE tenant_id = 'a' AND seq = 5",
+        )
+        .await;
         assert_eq!(bad(&verify(&db, Some("a")).await.unwrap()).1, 5);
     }
 }
@@ -97,7 +114,9 @@ async fn edited_actor_or_kind_is_detected() {
 async fn edited_and_rehashed_entry_breaks_the_next_link() {
     for db in seeded().await {
         // A forger who also recomputes the edited entry's own hash.
-        let mut rows = list(&db, "a", &ListFilter::default(), 100, None).await.unwrap();
+        let mut rows = list(&db, "a", &ListFilter::default(), 100, None)
+            .await
+            .unwrap();
         let mut r = rows.remove(1);
         r.detail_text = "{\"n\":42}".into();
         let forged = r.compute_hash();
@@ -118,7 +137,11 @@ async fn edited_and_rehashed_entry_breaks_the_next_link() {
 #[tokio::test]
 async fn deleted_entry_is_named_as_missing() {
     for db in seeded().await {
-        exec(&db, "DELETE FROM audit_log WHERE tenant_id = 'a' AND seq = 3").await;
+        exec(
+            &db,
+            "DELETE FROM audit_log WHERE tenant_id = 'a' AND seq = 3",
+        )
+        .await;
         let (t, seq, why) = bad(&verify(&db, None).await.unwrap());
         assert_eq!((t.as_str(), seq), ("a", 3));
         assert!(why.contains("missing"), "{why}");
@@ -128,7 +151,11 @@ async fn deleted_entry_is_named_as_missing() {
 #[tokio::test]
 async fn deleted_first_entry_is_detected() {
     for db in seeded().await {
-        exec(&db, "DELETE FROM audit_log WHERE tenant_id = 'b' AND seq = 1").await;
+        exec(
+            &db,
+            "DELETE FROM audit_log WHERE tenant_id = 'b' AND seq = 1",
+        )
+        .await;
         assert_eq!(bad(&verify(&db, None).await.unwrap()), (
             "b".into(),
             1,
@@ -140,9 +167,21 @@ async fn deleted_first_entry_is_detected() {
 #[tokio::test]
 async fn swapped_entries_are_detected_as_reordered() {
     for db in seeded().await {
-        exec(&db, "UPDATE audit_log SET seq = -1 WHERE tenant_id = 'a' AND seq = 2").await;
-        exec(&db, "UPDATE audit_log SET seq = 2 WHERE tenant_id = 'a' AND seq = 3").await;
-        exec(&db, "UPDATE audit_log SET seq = 3 WHERE tenant_id = 'a' AND seq = -1").await;
+        exec(
+            &db,
+            "UPDATE audit_log SET seq = -1 WHERE tenant_id = 'a' AND seq = 2",
+        )
+        .await;
+        exec(
+            &db,
+            "UPDATE audit_log SET seq = 2 WHERE tenant_id = 'a' AND seq = 3",
+        )
+        .await;
+        exec(
+            &db,
+            "UPDATE audit_log SET seq = 3 WHERE tenant_id = 'a' AND seq = -1",
+        )
+        .await;
         let (t, seq, why) = bad(&verify(&db, None).await.unwrap());
         assert_eq!((t.as_str(), seq), ("a", 2));
         assert!(why.contains("reordered"), "{why}");
@@ -152,7 +191,11 @@ async fn swapped_entries_are_detected_as_reordered() {
 #[tokio::test]
 async fn truncated_end_is_detected_against_the_head() {
     for db in seeded().await {
-        exec(&db, "DELETE FROM audit_log WHERE tenant_id = 'a' AND seq >= 4").await;
+        exec(
+            &db,
+            "DELETE FROM audit_log WHERE tenant_id = 'a' AND seq >= 4",
+        )
+        .await;
         let (t, seq, why) = bad(&verify(&db, None).await.unwrap());
         assert_eq!((t.as_str(), seq), ("a", 4));
         assert!(why.contains("truncated"), "{why}");
@@ -164,7 +207,11 @@ async fn truncated_end_is_detected_against_the_head() {
     }
     for db in seeded().await {
         // Last entry removed and the head rewound to the previous seq: the hash gives it away.
-        exec(&db, "DELETE FROM audit_log WHERE tenant_id = 'a' AND seq = 5").await;
+        exec(
+            &db,
+            "DELETE FROM audit_log WHERE tenant_id = 'a' AND seq = 5",
+        )
+        .await;
         exec(&db, "UPDATE audit_heads SET seq = 4 WHERE tenant_id = 'a'").await;
         let (t, seq, why) = bad(&verify(&db, None).await.unwrap());
         assert_eq!((t.as_str(), seq), ("a", 4));
@@ -206,21 +253,70 @@ async fn list_filters_and_pages() {
             ..ListFilter::default()
         };
         let seqs = |v: Vec<AuditRecord>| v.iter().map(|r| r.seq).collect::<Vec<_>>();
-        assert_eq!(seqs(list(&db, "t", &f(Some("u1"), None), 100, None).await.unwrap()), vec![1, 2]);
-        assert_eq!(seqs(list(&db, "t", &f(None, Some("scim.user.")), 100, None).await.unwrap()), vec![1, 2]);
+        assert_eq!(
+            seqs(
+                list(&db, "t", &f(Some("u1"), None), 100, None)
+                    .await
+                    .unwrap()
+            ),
+            vec![1, 2]
+        );
+        assert_eq!(
+            seqs(
+                list(&db, "t", &f(None, Some("scim.user.")), 100, None)
+                    .await
+                    .unwrap()
+            ),
+            vec![1, 2]
+        );
         // `_` is literal in a kind prefix, not a LIKE wildcard.
-        assert_eq!(seqs(list(&db, "t", &f(None, Some("action_")), 100, None).await.unwrap()), vec![4]);
-        assert_eq!(seqs(list(&db, "t", &f(Some("u2"), Some("action.")), 100, None).await.unwrap()), vec![3]);
-        assert_eq!(seqs(list(&db, "t", &all, 2, None).await.unwrap()), vec![1, 2]);
-        assert_eq!(seqs(list(&db, "t", &all, 2, Some(2)).await.unwrap()), vec![3, 4]);
+        assert_eq!(
+            seqs(
+                list(&db, "t", &f(None, Some("action_")), 100, None)
+                    .await
+                    .unwrap()
+            ),
+            vec![4]
+        );
+        assert_eq!(
+            seqs(
+                list(&db, "t", &f(Some("u2"), Some("action.")), 100, None)
+                    .await
+                    .unwrap()
+            ),
+            vec![3]
+        );
+        assert_eq!(
+            seqs(list(&db, "t", &all, 2, None).await.unwrap()),
+            vec![1, 2]
+        );
+        assert_eq!(
+            seqs(list(&db, "t", &all, 2, Some(2)).await.unwrap()),
+            vec![3, 4]
+        );
         let rows = list(&db, "t", &all, 100, None).await.unwrap();
         let at3 = rows[2].at.clone();
-        let since = ListFilter { since: Some(at3.clone()), ..ListFilter::default() };
-        assert_eq!(seqs(list(&db, "t", &since, 100, None).await.unwrap()), vec![3, 4, 5]);
-        let until = ListFilter { until: Some(at3), ..ListFilter::default() };
-        assert_eq!(seqs(list(&db, "t", &until, 100, None).await.unwrap()), vec![1, 2]);
+        let since = ListFilter {
+            since: Some(at3.clone()),
+            ..ListFilter::default()
+        };
+        assert_eq!(
+            seqs(list(&db, "t", &since, 100, None).await.unwrap()),
+            vec![3, 4, 5]
+        );
+        let until = ListFilter {
+            until: Some(at3),
+            ..ListFilter::default()
+        };
+        assert_eq!(
+            seqs(list(&db, "t", &until, 100, None).await.unwrap()),
+            vec![1, 2]
+        );
         assert_eq!(rows[0].detail, json!({"n": 1}));
-        assert!(list(&db, "other", &all, 100, None).await.unwrap().is_empty());
+        assert!(list(&db, "other", &all, 100, None)
+            .await
+            .unwrap()
+            .is_empty());
     }
 }
 
@@ -263,10 +359,17 @@ fn canonical_encoding_is_injective_across_field_boundaries() {
         detail: "{}",
         prev_hash: GENESIS,
     };
-    let shifted = HashInput { kind: "a", actor_kind: "bc", ..base };
+    let shifted = HashInput {
+        kind: "a",
+        actor_kind: "bc",
+        ..base
+    };
     assert_ne!(entry_hash(&base), entry_hash(&shifted));
     // Absent and empty are different.
-    let empty_ip = HashInput { client_ip: Some(""), ..base };
+    let empty_ip = HashInput {
+        client_ip: Some(""),
+        ..base
+    };
     assert_ne!(entry_hash(&base), entry_hash(&empty_ip));
     // The seq is covered.
     assert_ne!(entry_hash(&base), entry_hash(&HashInput { seq: 2, ..base }));

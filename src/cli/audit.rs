@@ -99,21 +99,36 @@ mod tests {
     #[tokio::test]
     async fn verify_exits_1_on_a_tampered_chain_and_export_writes_a_file() {
         for db in fresh_dbs().await {
-            let t = crate::store::tenants::ensure_default_tenant(&db).await.unwrap();
+            let t = crate::store::tenants::ensure_default_tenant(&db)
+                .await
+                .unwrap();
             for i in 0..3 {
-                let e = AuditEntry::new("cli.test", AuditActor::cli("test"), None, serde_json::json!({ "i": i }));
+                let e = AuditEntry::new(
+                    "cli.test",
+                    AuditActor::cli("test"),
+                    None,
+                    serde_json::json!({ "i": i }),
+                );
                 audit::append_now(&db, &t.id, e).await.unwrap();
             }
-            let verify = |tenant: Option<&str>| AuditCmd::Verify { tenant: tenant.map(str::to_string) };
+            let verify = |tenant: Option<&str>| AuditCmd::Verify {
+                tenant: tenant.map(str::to_string),
+            };
             assert_eq!(run(&db, verify(None)).await.unwrap(), 0);
             assert_eq!(run(&db, verify(Some("default"))).await.unwrap(), 0);
             assert!(run(&db, verify(Some("nope"))).await.is_err());
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("audit.jsonl");
-            let cmd = AuditCmd::Export { tenant: None, out: Some(path.clone()) };
+            let cmd = AuditCmd::Export {
+                tenant: None,
+                out: Some(path.clone()),
+            };
             assert_eq!(run(&db, cmd).await.unwrap(), 0);
             assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
-            sqlx::query("UPDATE audit_log SET kind = 'x' WHERE seq = 2").execute(&db.pool).await.unwrap();
+            sqlx::query("UPDATE audit_log SET kind = 'x' WHERE seq = 2")
+                .execute(&db.pool)
+                .await
+                .unwrap();
             assert_eq!(run(&db, verify(None)).await.unwrap(), 1);
         }
     }

@@ -51,8 +51,15 @@ pub async fn run(db: &Db, cmd: GuardCmd) -> Result<i32, String> {
             println!("{} user(s) quarantined", s.quarantined.len());
             for q in &s.quarantined {
                 let n = q.actions.as_array().map_or(0, Vec::len);
-                let released = if q.released.is_some() { " (released, converging)" } else { "" };
-                println!("  {}  {n} action(s) held since {}{released}", q.user_id, q.created);
+                let released = if q.released.is_some() {
+                    " (released, converging)"
+                } else {
+                    ""
+                };
+                println!(
+                    "  {}  {n} action(s) held since {}{released}",
+                    q.user_id, q.created
+                );
             }
             Ok(0)
         }
@@ -64,7 +71,11 @@ pub async fn run(db: &Db, cmd: GuardCmd) -> Result<i32, String> {
             println!(
                 "released: {} user(s) will be converged again by a running deprovd{}",
                 r.users.len(),
-                if r.was_tripped { "" } else { " (the guard was not tripped)" }
+                if r.was_tripped {
+                    ""
+                } else {
+                    " (the guard was not tripped)"
+                }
             );
             Ok(0)
         }
@@ -90,12 +101,27 @@ mod tests {
     #[tokio::test]
     async fn status_release_discard_run_on_a_fresh_tenant() {
         for db in fresh_dbs().await {
-            crate::store::tenants::ensure_default_tenant(&db).await.unwrap();
+            crate::store::tenants::ensure_default_tenant(&db)
+                .await
+                .unwrap();
             let t = || "default".to_string();
             assert_eq!(run(&db, GuardCmd::Status { tenant: t() }).await.unwrap(), 0);
-            assert_eq!(run(&db, GuardCmd::Release { tenant: t() }).await.unwrap(), 0);
-            assert_eq!(run(&db, GuardCmd::Discard { tenant: t() }).await.unwrap(), 0);
-            assert!(run(&db, GuardCmd::Status { tenant: "nope".into() }).await.is_err());
+            assert_eq!(
+                run(&db, GuardCmd::Release { tenant: t() }).await.unwrap(),
+                0
+            );
+            assert_eq!(
+                run(&db, GuardCmd::Discard { tenant: t() }).await.unwrap(),
+                0
+            );
+            assert!(run(
+                &db,
+                GuardCmd::Status {
+                    tenant: "nope".into()
+                }
+            )
+            .await
+            .is_err());
         }
     }
 }

@@ -95,7 +95,10 @@ pub async fn run(db: &Db, cmd: JobsCmd) -> Result<i32, String> {
                 eprintln!("job {id} is pending again; a running deprovd picks it up");
                 Ok(0)
             } else {
-                Err(format!("job {id} is {}, not dead: nothing to retry", job.state))
+                Err(format!(
+                    "job {id} is {}, not dead: nothing to retry",
+                    job.state
+                ))
             }
         }
     }
@@ -110,25 +113,53 @@ mod tests {
     #[tokio::test]
     async fn list_and_retry() {
         for db in fresh_dbs().await {
-            let t = crate::store::tenants::ensure_default_tenant(&db).await.unwrap();
+            let t = crate::store::tenants::ensure_default_tenant(&db)
+                .await
+                .unwrap();
             let tid = t.id.clone();
             let id = db
                 .write(move |c: &mut sqlx::AnyConnection| {
                     Box::pin(async move {
-                        let id = jobs::enqueue_in_tx(c, &tid, "converge", Some("u"), serde_json::json!({}), None).await?;
-                        sqlx::query("UPDATE jobs SET state = 'dead' WHERE id = $1").bind(&id).execute(&mut *c).await?;
+                        let id = jobs::enqueue_in_tx(
+                            c,
+                            &tid,
+                            "converge",
+                            Some("u"),
+                            serde_json::json!({}),
+                            None,
+                        )
+                        .await?;
+                        sqlx::query("UPDATE jobs SET state = 'dead' WHERE id = $1")
+                            .bind(&id)
+                            .execute(&mut *c)
+                            .await?;
                         Ok::<_, StoreError>(id)
                     })
                 })
                 .await
                 .unwrap();
-            let list = |state: Option<&str>| JobsCmd::List { tenant: Some("default".into()), state: state.map(str::to_string), limit: 10 };
+            let list = |state: Option<&str>| JobsCmd::List {
+                tenant: Some("default".into()),
+                state: state.map(str::to_string),
+                limit: 10,
+            };
             assert_eq!(run(&db, list(Some("dead"))).await.unwrap(), 0);
             assert!(run(&db, list(Some("zombie"))).await.is_err());
-            assert_eq!(run(&db, JobsCmd::Retry { id: id.clone() }).await.unwrap(), 0);
-            assert!(run(&db, JobsCmd::Retry { id: id.clone() }).await.is_err(), "pending now");
-            assert!(run(&db, JobsCmd::Retry { id: "nope".into() }).await.is_err());
-            assert_eq!(jobs::store::get_any(&db, &id).await.unwrap().unwrap().state, "pending");
+            assert_eq!(
+                run(&db, JobsCmd::Retry { id: id.clone() }).await.unwrap(),
+                0
+            );
+            assert!(
+                run(&db, JobsCmd::Retry { id: id.clone() }).await.is_err(),
+                "pending now"
+            );
+            assert!(run(&db, JobsCmd::Retry { id: "nope".into() })
+                .await
+                .is_err());
+            assert_eq!(
+                jobs::store::get_any(&db, &id).await.unwrap().unwrap().state,
+                "pending"
+            );
         }
     }
 }

@@ -2,6 +2,12 @@
 //! opens (and migrates) the database and makes sure tenant `default` exists, so any verb works
 //! on a fresh machine.
 
+pub mod audit;
+pub mod factors;
+pub mod guard;
+pub mod jobs;
+pub mod offboard;
+pub mod policy;
 pub mod serve;
 pub mod tenant;
 pub mod token;
@@ -40,6 +46,33 @@ pub enum Command {
         #[command(subcommand)]
         cmd: tenant::TenantCmd,
     },
+    /// Validate, simulate, set and show a tenant's policy.
+    Policy {
+        #[command(subcommand)]
+        cmd: policy::PolicyCmd,
+    },
+    /// Administer the built-in factor store.
+    Factors {
+        #[command(subcommand)]
+        cmd: factors::FactorsCmd,
+    },
+    /// HR offboarding: deactivate a user now or at a set time.
+    Offboard(offboard::OffboardArgs),
+    /// Verify or export the hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit::AuditCmd,
+    },
+    /// List and retry converge jobs (dead letters included).
+    Jobs {
+        #[command(subcommand)]
+        cmd: jobs::JobsCmd,
+    },
+    /// Show, release or discard the blast-radius guard's quarantine.
+    Guard {
+        #[command(subcommand)]
+        cmd: guard::GuardCmd,
+    },
 }
 
 /// Runs the verb and returns the process exit code.
@@ -55,10 +88,21 @@ pub async fn run(cli: Cli) -> i32 {
     init_logging(&config, matches!(cli.command, Command::Serve));
     let result = match cli.command {
         Command::Serve => serve::serve(config).await,
+        // Checking a file needs no database.
+        Command::Policy { cmd: policy::PolicyCmd::Check { file } } => Ok(policy::check(&file)),
         other => match open(&config).await {
             Ok(db) => match other {
                 Command::Token { cmd } => token::run(&db, cmd).await,
                 Command::Tenant { cmd } => tenant::run(&db, cmd).await,
+                Command::Policy { cmd } => policy::run(&db, cmd).await,
+                Command::Factors { cmd } => match master_key(&config, &db).await {
+                    Ok(key) => factors::run(&db, key, cmd).await.map(|()| 0),
+                    Err(e) => Err(e),
+                },
+                Command::Offboard(args) => offboard::run(&db, args).await.map(|()| 0),
+                Command::Audit { cmd } => audit::run(&db, cmd).await,
+                Command::Jobs { cmd } => jobs::run(&db, cmd).await,
+                Command::Guard { cmd } => guard::run(&db, cmd).await,
                 Command::Serve => unreachable_serve(),
             },
             Err(e) => Err(e),
@@ -82,6 +126,13 @@ pub async fn open(config: &Config) -> Result<Db, String> {
     let db = Db::connect(&config.database_url).await.map_err(|e| format!("cannot open database: {e}"))?;
     crate::store::tenants::ensure_default_tenant(&db).await.map_err(|e| format!("cannot create tenant default: {e}"))?;
     Ok(db)
+}
+
+/// The master key that encrypts factor secrets, checked against the database.
+pub async fn master_key(config: &Config, db: &Db) -> Result<std::sync::Arc<crate::factors::crypto::MasterKey>, String> {
+    let key = crate::factors::crypto::load_or_create(&config.database_url, config.master_key.as_deref())?;
+    crate::factors::crypto::verify_master_key(db, &key).await?;
+    Ok(std::sync::Arc::new(key))
 }
 
 /// Logs go to stderr (stdout carries tokens and reports). `serve` logs at info by default,

@@ -60,14 +60,19 @@ fn line(o: &offboarding::Offboarding) -> String {
         o.at,
         o.user_name,
         o.outcome.as_deref().unwrap_or(""),
-        o.ticket.as_deref().map(|t| format!("  ticket {t}")).unwrap_or_default()
+        o.ticket
+            .as_deref()
+            .map(|t| format!("  ticket {t}"))
+            .unwrap_or_default()
     )
 }
 
 pub async fn run(db: &Db, args: OffboardArgs) -> Result<(), String> {
     let t = crate::cli::tenant_named(db, &args.tenant).await?;
     if args.list {
-        let all = offboarding::list(db, &t.id).await.map_err(|e| e.to_string())?;
+        let all = offboarding::list(db, &t.id)
+            .await
+            .map_err(|e| e.to_string())?;
         for o in &all {
             println!("{}", line(o));
         }
@@ -113,32 +118,74 @@ mod tests {
 
     #[test]
     fn flags_parse() {
-        let t = T::try_parse_from(["x", "--user", "alice", "--at", "2030-01-02T03:04:05+01:00", "--ticket", "HR-1"]).unwrap();
+        let t = T::try_parse_from([
+            "x",
+            "--user",
+            "alice",
+            "--at",
+            "2030-01-02T03:04:05+01:00",
+            "--ticket",
+            "HR-1",
+        ])
+        .unwrap();
         assert_eq!(t.args.user.as_deref(), Some("alice"));
         assert_eq!(t.args.at.unwrap().to_rfc3339(), "2030-01-02T02:04:05+00:00");
         assert_eq!(t.args.tenant, "default");
         assert!(T::try_parse_from(["x"]).is_err(), "--user is required");
         assert!(T::try_parse_from(["x", "--user", "a", "--at", "tomorrow"]).is_err());
         assert!(T::try_parse_from(["x", "--list"]).unwrap().args.list);
-        assert!(T::try_parse_from(["x", "--cancel", "id"]).unwrap().args.cancel.is_some());
+        assert!(T::try_parse_from(["x", "--cancel", "id"])
+            .unwrap()
+            .args
+            .cancel
+            .is_some());
         assert!(T::try_parse_from(["x", "--list", "--user", "a"]).is_err());
     }
 
     #[tokio::test]
     async fn schedule_list_cancel() {
         for db in crate::store::testing::fresh_dbs().await {
-            let t = crate::store::tenants::ensure_default_tenant(&db).await.unwrap();
+            let t = crate::store::tenants::ensure_default_tenant(&db)
+                .await
+                .unwrap();
             let dir = crate::directory::Directory::new(db.clone());
-            dir.create_user(&Actor::system(t.id.clone()), serde_json::json!({"userName": "alice"})).await.unwrap();
-            let parse = |a: &[&str]| T::try_parse_from(std::iter::once("x").chain(a.iter().copied())).unwrap().args;
-            run(&db, parse(&["--user", "Alice", "--at", "2099-01-01T00:00:00Z", "--reason", "left"])).await.unwrap();
+            dir.create_user(
+                &Actor::system(t.id.clone()),
+                serde_json::json!({"userName": "alice"}),
+            )
+            .await
+            .unwrap();
+            let parse = |a: &[&str]| {
+                T::try_parse_from(std::iter::once("x").chain(a.iter().copied()))
+                    .unwrap()
+                    .args
+            };
+            run(
+                &db,
+                parse(&[
+                    "--user",
+                    "Alice",
+                    "--at",
+                    "2099-01-01T00:00:00Z",
+                    "--reason",
+                    "left",
+                ]),
+            )
+            .await
+            .unwrap();
             let all = offboarding::list(&db, &t.id).await.unwrap();
             assert_eq!(all.len(), 1);
             assert_eq!(all[0].at, "2099-01-01T00:00:00.000000Z");
             run(&db, parse(&["--list"])).await.unwrap();
             run(&db, parse(&["--cancel", &all[0].id])).await.unwrap();
-            assert_eq!(offboarding::list(&db, &t.id).await.unwrap()[0].state, "cancelled");
-            assert!(run(&db, parse(&["--user", "bob"])).await.unwrap_err().contains("bob"));
+            assert_eq!(
+                offboarding::list(&db, &t.id).await.unwrap()[0].state,
+                "cancelled"
+            );
+            assert!(run(&db, parse(&["--user", "bob"]))
+                .await
+                .unwrap_err()
+                .contains("bob"));
         }
     }
 }

@@ -331,24 +331,9 @@ async fn set(db: &Db, file: &Path, tenant_name: &str) -> Result<i32, String> {
     let result = db
         .write(move |conn: &mut AnyConnection| {
             Box::pin(async move {
-                let before = crate::policy::store::latest_version(conn, &tenant_id).await?;
-                let v = crate::policy::set_policy(conn, &tenant_id, &text, &set_by).await?;
-                if before == Some(v.version) {
-                    return Ok::<_, PolicyStoreError>((v, None));
-                }
-                let entry = crate::audit::AuditEntry::new(
-                    "policy.set",
-                    actor,
-                    None,
-                    json!({"version": v.version, "hash": v.hash, "previous_version": before}),
-                );
-                crate::audit::append(conn, &tenant_id, entry).await?;
-                let ids = crate::policy::tenant_user_ids(conn, &tenant_id).await?;
-                for id in &ids {
-                    crate::jobs::enqueue_converge(conn, &tenant_id, id, "policy_changed", None)
-                        .await?;
-                }
-                Ok((v, Some(ids.len())))
+                crate::policy::change::change_policy(conn, &tenant_id, &text, &set_by, actor)
+                    .await
+                    .map(|c| (c.version, c.users_queued))
             })
         })
         .await;

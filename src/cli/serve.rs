@@ -21,10 +21,8 @@ pub struct FirstRunTokens {
 pub async fn prepare(config: Config) -> Result<(AppState, Option<FirstRunTokens>), String> {
     let db = super::open(&config).await?;
     let first_run = first_run_tokens(&db).await?;
-    let master_key = Arc::new(
-        crate::factors::crypto::load_or_create(&config.database_url, config.master_key.as_deref())?,
-    );
-    crate::factors::crypto::verify_master_key(&db, &master_key).await?;
+    let master_key = super::master_key(&config, &db).await?;
+    load_configured_policies(&db, &config).await?;
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()
@@ -83,19 +81,45 @@ pub async fn serve(config: Config) -> Result<i32, String> {
     Ok(0)
 }
 
+/// Policies named in the configuration (`[policies] tenant = "file"`) become the tenant's
+/// current policy at start when their text differs from it; each change is a new version.
+async fn load_configured_policies(db: &Db, config: &Config) -> Result<(), String> {
+    for (tenant_name, path) in &config.policies {
+        let tenant = super::tenant_named(db, tenant_name).await?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read policy {}: {e}", path.display()))?;
+        let set_by = format!("config:{}", path.display());
+        let actor = crate::audit::AuditActor::system("config", &set_by);
+        let tenant_id = tenant.id.clone();
+        let change = db
+            .write(move |conn| Box::pin(async move { crate::policy::change::change_policy(conn, &tenant_id, &text, &set_by, actor).await }))
+            .await
+            .map_err(|e| format!("policy {}: {e}", path.display()))?;
+        crate::jobs::nudge();
+        if let Some(n) = change.users_queued {
+            let v = change.version;
+            tracing::info!(tenant = %tenant_name, version = v.version, hash = %v.hash, users_queued = n, "policy loaded from the configuration");
+        }
+    }
+    Ok(())
+}
+
 /// Background work of one process: converge workers and webhook delivery.
 pub struct Background {
-    handles: Vec<tokio::task::JoinHandle<()>>,
+    workers: crate::jobs::worker::Workers,
+    delivery: tokio::task::JoinHandle<()>,
 }
 
 impl Background {
+    /// Lets running converges finish (leases make any interrupted one run again elsewhere).
     pub async fn shutdown(self) {
-        for h in self.handles {
-            h.abort();
-        }
+        self.workers.shutdown().await;
+        self.delivery.abort();
     }
 }
 
-pub fn start_background(_state: &AppState) -> Background {
-    Background { handles: Vec::new() }
+pub fn start_background(state: &AppState) -> Background {
+    let ctx = crate::engine::EngineCtx::new(state.db.clone(), state.master_key.clone());
+    let workers = crate::jobs::worker::spawn_workers(ctx, state.config.job_workers);
+    let delivery = crate::notify::worker::spawn_delivery(state.db.clone(), state.master_key.clone(), Default::default());
+    Background { workers, delivery }
 }

@@ -169,26 +169,44 @@ async fn contains_group(
     Ok(row.is_some())
 }
 
-/// Validate member references: each must exist in the tenant; a group may not contain itself.
+/// Resolves member references to (id, type); a group may not contain itself.
+///
+/// A reference to an id this tenant does not have is kept, typed as the client said (User by
+/// default), rather than refused: Entra ID bundles a whole sync into one atomic PATCH, so
+/// refusing one stale member id would also block a member *removal* in the same request, and
+/// removals are what take privileges away. Such a reference matches no user, so it gives no
+/// one anything; it is logged so an admin can see the IdP's mapping is stale.
 async fn check_refs(
     conn: &mut AnyConnection,
     tenant: &str,
     group_id: &str,
     refs: &[MemberRef],
 ) -> Result<Vec<(String, MemberType)>, DirError> {
-    let mut seen = HashSet::new();
-    let ids: Vec<String> = refs
-        .iter()
-        .map(|r| r.value.trim().to_lowercase())
-        .filter(|v| seen.insert(v.clone()))
-        .collect();
+    let mut declared: HashMap<String, MemberType> = HashMap::new();
+    let mut ids: Vec<String> = Vec::new();
+    for r in refs {
+        let id = r.value.trim().to_lowercase();
+        if id.is_empty() {
+            return Err(DirError::Invalid(ScimError::invalid_value("a member has an empty \"value\"")));
+        }
+        if !declared.contains_key(&id) {
+            let ty = match r.member_type.as_deref() {
+                Some(t) if t.eq_ignore_ascii_case("Group") => MemberType::Group,
+                _ => MemberType::User,
+            };
+            declared.insert(id.clone(), ty);
+            ids.push(id);
+        }
+    }
     let types = member_types(conn, tenant, &ids).await?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        let Some(ty) = types.get(&id).copied() else {
-            return Err(DirError::Invalid(ScimError::invalid_value(format!(
-                "member \"{id}\" is not a User or Group of this tenant"
-            ))));
+        let ty = match types.get(&id).copied() {
+            Some(ty) => ty,
+            None => {
+                tracing::warn!(tenant, group = group_id, member = %id, "group member references an id this tenant does not have; kept as given");
+                declared.get(&id).copied().unwrap_or(MemberType::User)
+            }
         };
         if ty == MemberType::Group
             && (id == group_id || contains_group(conn, tenant, &id, group_id).await?)

@@ -168,10 +168,10 @@ struct Cursor {
 }
 
 fn bad_cursor(detail: &str) -> DirError {
-    // RFC 9865 names this `invalidCursor`; ScimType has no such variant yet.
-    DirError::Invalid(ScimError::invalid_value(format!(
-        "invalid cursor: {detail}"
-    )))
+    DirError::Invalid(ScimError::bad(
+        crate::scim::ScimType::InvalidCursor,
+        format!("invalid cursor: {detail}; start again without a cursor value"),
+    ))
 }
 
 fn decode_cursor(text: &str, fingerprint: &str) -> Result<Cursor, DirError> {

@@ -32,7 +32,10 @@ pub const WINDOW_MINUTES: i64 = 15;
 pub enum Verdict {
     Execute,
     /// Hold them back. `tripped_now`: this decision tripped the guard (alert once).
-    Quarantine { tripped_now: bool, reason: String },
+    Quarantine {
+        tripped_now: bool,
+        reason: String,
+    },
 }
 
 /// Whether `count` distinct users (this one included) out of a base of `base` users passes the
@@ -90,7 +93,9 @@ pub async fn check(
     if row.tripped {
         return Ok(Verdict::Quarantine {
             tripped_now: false,
-            reason: row.trip_reason.unwrap_or_else(|| "the guard is tripped".into()),
+            reason: row
+                .trip_reason
+                .unwrap_or_else(|| "the guard is tripped".into()),
         });
     }
     let since = window_start(&row, now);
@@ -149,7 +154,11 @@ pub struct Resolution {
 /// Un-trips the guard and lets every quarantined user's destructive actions run: each user is
 /// converged again (level-triggered: what runs is what the policy wants now, not what was held),
 /// bypassing the guard once. The window restarts now. Audited.
-pub async fn release(db: &Db, tenant_id: &str, actor: AuditActor) -> Result<Resolution, StoreError> {
+pub async fn release(
+    db: &Db,
+    tenant_id: &str,
+    actor: AuditActor,
+) -> Result<Resolution, StoreError> {
     let engine = db.engine;
     let tenant = tenant_id.to_string();
     db.write(move |conn: &mut AnyConnection| {
@@ -189,7 +198,11 @@ pub async fn release(db: &Db, tenant_id: &str, actor: AuditActor) -> Result<Reso
 
 /// Un-trips the guard and drops every quarantined action, with one audit entry per user. The
 /// users are not converged again until their next trigger (a SCIM change, the nightly run).
-pub async fn discard(db: &Db, tenant_id: &str, actor: AuditActor) -> Result<Resolution, StoreError> {
+pub async fn discard(
+    db: &Db,
+    tenant_id: &str,
+    actor: AuditActor,
+) -> Result<Resolution, StoreError> {
     let engine = db.engine;
     let tenant = tenant_id.to_string();
     db.write(move |conn: &mut AnyConnection| {
@@ -254,7 +267,9 @@ mod tests {
     fn absolute_bound() {
         let r = rule(50, 100.0, 1000);
         assert_eq!(exceeds(50, 10_000, &r), None);
-        assert!(exceeds(51, 10_000, &r).unwrap().contains("max_destructive_per_15m = 50"));
+        assert!(exceeds(51, 10_000, &r)
+            .unwrap()
+            .contains("max_destructive_per_15m = 50"));
     }
 
     #[test]
@@ -266,7 +281,9 @@ mod tests {
         assert!(exceeds(21, 100, &r).unwrap().contains("percent"));
         // 21 of 1000 is 2.1 %: fine; 51 of 1000 trips on the absolute bound.
         assert_eq!(exceeds(21, 1000, &r), None);
-        assert!(exceeds(51, 1000, &r).unwrap().contains("max_destructive_per_15m"));
+        assert!(exceeds(51, 1000, &r)
+            .unwrap()
+            .contains("max_destructive_per_15m"));
         // Exactly at the percentage is not past it.
         assert_eq!(exceeds(25, 500, &rule(50, 5.0, 20)), None);
         assert!(exceeds(26, 500, &rule(50, 5.0, 20)).is_some());

@@ -234,7 +234,10 @@ pub async fn load_user(
                 .collect();
             map.insert("groups".into(), Value::Array(groups));
         }
-        let active = resource.get("active").and_then(Value::as_bool).unwrap_or(true);
+        let active = resource
+            .get("active")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
         let lifecycle = if active {
             Lifecycle::Active
         } else {
@@ -395,7 +398,9 @@ fn system_actor() -> AuditActor {
 fn lifecycle_json(l: &Lifecycle) -> Value {
     match l {
         Lifecycle::Active => json!({"state": "active"}),
-        Lifecycle::Deactivated { since } => json!({"state": "deactivated", "since": ts_from(*since)}),
+        Lifecycle::Deactivated { since } => {
+            json!({"state": "deactivated", "since": ts_from(*since)})
+        }
         Lifecycle::Deleted { since } => json!({"state": "deleted", "since": ts_from(*since)}),
     }
 }
@@ -444,12 +449,12 @@ fn enforcement_rows(
         let old = plan.existing_rows.get(&key);
         let types = serde_json::to_string(&req.types).unwrap_or_else(|_| "[]".into());
         let same = old.is_some_and(|o| o.deadline == deadline && o.types == types);
-        let marked_now = executed.iter().any(
-            |a| matches!(a, Action::RequireEnrollment { rule, .. } if *rule == req.rule),
-        );
-        let overdue_now = executed.iter().any(
-            |a| matches!(a, Action::RequirementOverdue { rule, .. } if *rule == req.rule),
-        );
+        let marked_now = executed
+            .iter()
+            .any(|a| matches!(a, Action::RequireEnrollment { rule, .. } if *rule == req.rule));
+        let overdue_now = executed
+            .iter()
+            .any(|a| matches!(a, Action::RequirementOverdue { rule, .. } if *rule == req.rule));
         out.push(store::EnforcementRow {
             rule_key: key,
             types,
@@ -492,14 +497,23 @@ pub async fn converge_with(
     outcome.next_due = up.next_due.map(ts_from);
 
     let audit_only = policy.audit_only();
-    let destructive: Vec<Action> = up.actions.iter().filter(|a| a.is_destructive()).cloned().collect();
+    let destructive: Vec<Action> = up
+        .actions
+        .iter()
+        .filter(|a| a.is_destructive())
+        .cloned()
+        .collect();
     let rows_before: Vec<&store::EnforcementRow> = up.existing_rows.values().collect();
     let rows_after = enforcement_rows(&policy, &up, &[], now);
     let bookkeeping_changes = rows_after.len() != rows_before.len()
-        || rows_after.iter().any(|r| up.existing_rows.get(&r.rule_key) != Some(r));
+        || rows_after
+            .iter()
+            .any(|r| up.existing_rows.get(&r.rule_key) != Some(r));
 
     // 1. The decision: audit, guard, quarantine, follow-up — one transaction, before acting.
-    let has_quarantine = !store::list_quarantine_user(&ctx.db, tenant, user_id).await?.is_empty();
+    let has_quarantine = !store::list_quarantine_user(&ctx.db, tenant, user_id)
+        .await?
+        .is_empty();
     let must_record = !up.actions.is_empty() || opts.record_noop;
     let verdict = if must_record || up.next_due.is_some() || has_quarantine {
         let decision = json!({
@@ -524,8 +538,18 @@ pub async fn converge_with(
             .write(move |conn: &mut AnyConnection| {
                 Box::pin(async move {
                     decide(
-                        conn, engine, &t, &u, decision, must_record, audit_only, &actions,
-                        &destructive, &guard_rule, due.as_deref(), now,
+                        conn,
+                        engine,
+                        &t,
+                        &u,
+                        decision,
+                        must_record,
+                        audit_only,
+                        &actions,
+                        &destructive,
+                        &guard_rule,
+                        due.as_deref(),
+                        now,
                     )
                     .await
                 })
@@ -575,7 +599,9 @@ pub async fn converge_with(
     // 3. Record the outcomes (and the enforcement bookkeeping they change).
     let rows_after = enforcement_rows(&policy, &up, &outcome.executed, now);
     let bookkeeping_changes = rows_after.len() != rows_before.len()
-        || rows_after.iter().any(|r| up.existing_rows.get(&r.rule_key) != Some(r));
+        || rows_after
+            .iter()
+            .any(|r| up.existing_rows.get(&r.rule_key) != Some(r));
     if !results.is_empty() || bookkeeping_changes {
         write_outcomes(ctx, tenant, user_id, &up, results, rows_after).await?;
     }
@@ -589,7 +615,11 @@ pub async fn converge_with(
             .collect();
         return Err(ConvergeError {
             retryable,
-            message: format!("{} action(s) failed: {}", outcome.failed.len(), msg.join("; ")),
+            message: format!(
+                "{} action(s) failed: {}",
+                outcome.failed.len(),
+                msg.join("; ")
+            ),
         });
     }
     Ok(outcome)
@@ -631,7 +661,12 @@ async fn decide(
         audit::append(
             conn,
             tenant,
-            AuditEntry::new(audit::kinds::POLICY_DECISION, system_actor(), Some(user_id), decision),
+            AuditEntry::new(
+                audit::kinds::POLICY_DECISION,
+                system_actor(),
+                Some(user_id),
+                decision,
+            ),
         )
         .await?;
     }
@@ -658,7 +693,12 @@ async fn decide(
                 audit::append(
                     conn,
                     tenant,
-                    AuditEntry::new(audit::kinds::GUARD_TRIPPED, system_actor(), None, detail.clone()),
+                    AuditEntry::new(
+                        audit::kinds::GUARD_TRIPPED,
+                        system_actor(),
+                        None,
+                        detail.clone(),
+                    ),
                 )
                 .await?;
                 notify::enqueue_event(conn, tenant, events::GUARD_TRIPPED, None, detail).await?;
@@ -705,15 +745,15 @@ async fn execute(
     action: &Action,
 ) -> Result<Value, FactorError> {
     match action {
-        Action::SuspendFactor { factor_id, .. } => {
-            timed(fstore.suspend(tenant, key, factor_id)).await.map(|_| json!({}))
-        }
-        Action::ResumeFactor { factor_id, .. } => {
-            timed(fstore.resume(tenant, key, factor_id)).await.map(|_| json!({}))
-        }
-        Action::RevokeFactor { factor_id, .. } => {
-            timed(fstore.revoke(tenant, key, factor_id)).await.map(|_| json!({}))
-        }
+        Action::SuspendFactor { factor_id, .. } => timed(fstore.suspend(tenant, key, factor_id))
+            .await
+            .map(|_| json!({})),
+        Action::ResumeFactor { factor_id, .. } => timed(fstore.resume(tenant, key, factor_id))
+            .await
+            .map(|_| json!({})),
+        Action::RevokeFactor { factor_id, .. } => timed(fstore.revoke(tenant, key, factor_id))
+            .await
+            .map(|_| json!({})),
         Action::RevokeSessions { .. } => timed(fstore.revoke_sessions(tenant, key))
             .await
             .map(|n| json!({ "sessions_ended": n })),
@@ -768,11 +808,17 @@ async fn write_outcomes(
                 for (action, result) in &results {
                     match result {
                         Ok(res) => {
-                            let detail = json!({ "action": action, "result": res, "link_key": link_key });
+                            let detail =
+                                json!({ "action": action, "result": res, "link_key": link_key });
                             audit::append(
                                 conn,
                                 &t,
-                                AuditEntry::new(audit::kinds::ACTION_EXECUTED, system_actor(), Some(&u), detail),
+                                AuditEntry::new(
+                                    audit::kinds::ACTION_EXECUTED,
+                                    system_actor(),
+                                    Some(&u),
+                                    detail,
+                                ),
                             )
                             .await?;
                             if let Some(ev) = event_for(action) {
@@ -791,7 +837,12 @@ async fn write_outcomes(
                             audit::append(
                                 conn,
                                 &t,
-                                AuditEntry::new(audit::kinds::ACTION_FAILED, system_actor(), Some(&u), detail),
+                                AuditEntry::new(
+                                    audit::kinds::ACTION_FAILED,
+                                    system_actor(),
+                                    Some(&u),
+                                    detail,
+                                ),
                             )
                             .await?;
                         }
@@ -822,10 +873,15 @@ pub async fn run_job(ctx: &EngineCtx, job: &Job) -> Result<(), JobError> {
                 .get("reason")
                 .and_then(Value::as_str)
                 .unwrap_or("manual");
-            converge_with(ctx, &job.tenant_id, user_id, &ConvergeOptions::for_trigger(trigger))
-                .await
-                .map(|_| ())
-                .map_err(JobError::from)
+            converge_with(
+                ctx,
+                &job.tenant_id,
+                user_id,
+                &ConvergeOptions::for_trigger(trigger),
+            )
+            .await
+            .map(|_| ())
+            .map_err(JobError::from)
         }
         jobs::kinds::OFFBOARD => crate::offboarding::run_job(ctx, job).await,
         other => Err(JobError::permanent(format!("unknown job kind {other:?}"))),
@@ -836,16 +892,3 @@ pub async fn run_job(ctx: &EngineCtx, job: &Job) -> Result<(), JobError> {
 pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
-// TEMP-CLI-CHECK
-#[cfg(test)]
-#[path = "../cli/audit.rs"]
-mod tmp_cli_audit;
-#[cfg(test)]
-#[path = "../cli/jobs.rs"]
-mod tmp_cli_jobs;
-#[cfg(test)]
-#[path = "../cli/guard.rs"]
-mod tmp_cli_guard;
-#[cfg(test)]
-#[path = "../cli/offboard.rs"]
-mod tmp_cli_offboard;

@@ -53,7 +53,9 @@ impl Action {
     pub fn is_destructive(&self) -> bool {
         matches!(
             self,
-            Action::SuspendFactor { .. } | Action::RevokeFactor { .. } | Action::RevokeSessions { .. }
+            Action::SuspendFactor { .. }
+                | Action::RevokeFactor { .. }
+                | Action::RevokeSessions { .. }
         )
     }
 
@@ -104,7 +106,9 @@ fn inactive_reason(lifecycle: &Lifecycle, revoke_time: bool) -> &'static str {
 }
 
 fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Unused longer than the stale rule allows (last use, or enrollment when never used). An
@@ -112,7 +116,9 @@ fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
 fn is_stale(f: &Factor, unused_for: chrono::Duration, now: DateTime<Utc>) -> bool {
     let last = f.last_used.as_deref().unwrap_or(&f.created);
     match parse_ts(last) {
-        Some(t) => t.checked_add_signed(unused_for).is_some_and(|end| end <= now),
+        Some(t) => t
+            .checked_add_signed(unused_for)
+            .is_some_and(|end| end <= now),
         None => false,
     }
 }
@@ -133,9 +139,10 @@ fn target(
                 inactive_reason(lifecycle, was_suspension).into(),
             )
         }
-        FactorDisposition::Suspend { .. } => {
-            (FactorStatus::Suspended, inactive_reason(lifecycle, false).into())
-        }
+        FactorDisposition::Suspend { .. } => (
+            FactorStatus::Suspended,
+            inactive_reason(lifecycle, false).into(),
+        ),
         FactorDisposition::Keep => {
             if desired.forbidden.contains(&f.factor_type) {
                 return (FactorStatus::Revoked, "forbidden".into());
@@ -170,14 +177,24 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: DateTime<Utc>) -> 
         let (factor_id, factor_type) = (f.id.clone(), f.factor_type);
         match (f.status, want) {
             (FactorStatus::Active, FactorStatus::Suspended) => {
-                take_away.push(Action::SuspendFactor { factor_id, factor_type, reason })
+                take_away.push(Action::SuspendFactor {
+                    factor_id,
+                    factor_type,
+                    reason,
+                })
             }
-            (FactorStatus::Active | FactorStatus::Suspended, FactorStatus::Revoked) => {
-                take_away.push(Action::RevokeFactor { factor_id, factor_type, reason })
-            }
+            (FactorStatus::Active | FactorStatus::Suspended, FactorStatus::Revoked) => take_away
+                .push(Action::RevokeFactor {
+                    factor_id,
+                    factor_type,
+                    reason,
+                }),
             (FactorStatus::Suspended, FactorStatus::Active) => {
                 usable.push(factor_type);
-                resume.push(Action::ResumeFactor { factor_id, factor_type })
+                resume.push(Action::ResumeFactor {
+                    factor_id,
+                    factor_type,
+                })
             }
             (FactorStatus::Active, FactorStatus::Active) => usable.push(factor_type),
             // Revoked is final; suspended stays suspended.
@@ -200,7 +217,8 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: DateTime<Utc>) -> 
         }
         let deadline = ts_from(req.deadline);
         let marked = observed.requirements.get(&req.rule);
-        let told = marked.is_some_and(|m| m.marked && m.deadline == deadline && m.types == req.types);
+        let told =
+            marked.is_some_and(|m| m.marked && m.deadline == deadline && m.types == req.types);
         if !told {
             actions.push(Action::RequireEnrollment {
                 types: req.types.clone(),
@@ -222,7 +240,11 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: DateTime<Utc>) -> 
 
 /// The factor types the user will hold usable once the plan ran (active now and staying
 /// active, or suspended and being resumed). Requirements count only these.
-pub fn usable_types(desired: &DesiredState, observed: &Observed, now: DateTime<Utc>) -> Vec<FactorType> {
+pub fn usable_types(
+    desired: &DesiredState,
+    observed: &Observed,
+    now: DateTime<Utc>,
+) -> Vec<FactorType> {
     observed
         .factors
         .iter()
@@ -237,7 +259,11 @@ pub fn usable_types(desired: &DesiredState, observed: &Observed, now: DateTime<U
 /// When this user must be converged again with nothing else happening: suspended factors are due
 /// for revocation at `revoke_at`; an unmet requirement's deadline arrives. None when no time-driven
 /// change is pending.
-pub fn next_due(desired: &DesiredState, observed: &Observed, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub fn next_due(
+    desired: &DesiredState,
+    observed: &Observed,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     let mut due: Option<DateTime<Utc>> = None;
     let mut consider = |t: DateTime<Utc>| {
         if t > now && due.map_or(true, |d| t < d) {
@@ -245,7 +271,11 @@ pub fn next_due(desired: &DesiredState, observed: &Observed, now: DateTime<Utc>)
         }
     };
     if let FactorDisposition::Suspend { revoke_at } = desired.factors {
-        if observed.factors.iter().any(|f| f.status != FactorStatus::Revoked) {
+        if observed
+            .factors
+            .iter()
+            .any(|f| f.status != FactorStatus::Revoked)
+        {
             consider(revoke_at);
         }
     }
@@ -265,7 +295,9 @@ mod tests {
     use chrono::Duration;
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2024-06-01T12:00:00Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2024-06-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn factor(id: &str, t: FactorType, status: FactorStatus) -> Factor {
@@ -280,7 +312,12 @@ mod tests {
     }
 
     fn session(id: &str, revoked: bool) -> Session {
-        Session { id: id.into(), created: "2024-05-01T00:00:00.000000Z".into(), last_seen: None, revoked }
+        Session {
+            id: id.into(),
+            created: "2024-05-01T00:00:00.000000Z".into(),
+            last_seen: None,
+            revoked,
+        }
     }
 
     fn keep() -> DesiredState {
@@ -295,7 +332,12 @@ mod tests {
     }
 
     fn observed(lifecycle: Lifecycle, factors: Vec<Factor>, sessions: Vec<Session>) -> Observed {
-        Observed { lifecycle, factors, sessions, requirements: HashMap::new() }
+        Observed {
+            lifecycle,
+            factors,
+            sessions,
+            requirements: HashMap::new(),
+        }
     }
 
     fn three_factors(status: FactorStatus) -> Vec<Factor> {
@@ -309,14 +351,26 @@ mod tests {
     #[test]
     fn deactivation_suspends_every_active_factor_then_ends_sessions() {
         let revoke_at = now() + Duration::days(30);
-        let d = DesiredState { factors: FactorDisposition::Suspend { revoke_at }, end_sessions: true, ..keep() };
+        let d = DesiredState {
+            factors: FactorDisposition::Suspend { revoke_at },
+            end_sessions: true,
+            ..keep()
+        };
         let o = observed(
             Lifecycle::Deactivated { since: now() },
             three_factors(FactorStatus::Active),
-            vec![session("s1", false), session("s2", true), session("s3", false)],
+            vec![
+                session("s1", false),
+                session("s2", true),
+                session("s3", false),
+            ],
         );
         let a = plan(&d, &o, now());
-        let suspend = |id: &str, t| Action::SuspendFactor { factor_id: id.into(), factor_type: t, reason: "deactivated".into() };
+        let suspend = |id: &str, t| Action::SuspendFactor {
+            factor_id: id.into(),
+            factor_type: t,
+            reason: "deactivated".into(),
+        };
         assert_eq!(
             a,
             vec![
@@ -333,10 +387,18 @@ mod tests {
     #[test]
     fn second_run_after_suspension_plans_nothing() {
         let revoke_at = now() + Duration::days(30);
-        let d = DesiredState { factors: FactorDisposition::Suspend { revoke_at }, end_sessions: true, ..keep() };
+        let d = DesiredState {
+            factors: FactorDisposition::Suspend { revoke_at },
+            end_sessions: true,
+            ..keep()
+        };
         let mut fs = three_factors(FactorStatus::Suspended);
         fs.push(factor("f4", FactorType::Sms, FactorStatus::Revoked));
-        let o = observed(Lifecycle::Deactivated { since: now() }, fs, vec![session("s1", true)]);
+        let o = observed(
+            Lifecycle::Deactivated { since: now() },
+            fs,
+            vec![session("s1", true)],
+        );
         assert!(plan(&d, &o, now()).is_empty());
         // still a follow-up: the suspended ones get revoked at revoke_at
         assert_eq!(next_due(&d, &o, now()), Some(revoke_at));
@@ -352,9 +414,18 @@ mod tests {
         assert_eq!(
             a,
             vec![
-                Action::ResumeFactor { factor_id: "f1".into(), factor_type: FactorType::Totp },
-                Action::ResumeFactor { factor_id: "f2".into(), factor_type: FactorType::Webauthn },
-                Action::ResumeFactor { factor_id: "f3".into(), factor_type: FactorType::RecoveryCodes },
+                Action::ResumeFactor {
+                    factor_id: "f1".into(),
+                    factor_type: FactorType::Totp
+                },
+                Action::ResumeFactor {
+                    factor_id: "f2".into(),
+                    factor_type: FactorType::Webauthn
+                },
+                Action::ResumeFactor {
+                    factor_id: "f3".into(),
+                    factor_type: FactorType::RecoveryCodes
+                },
             ]
         );
         assert!(a.iter().all(|x| !x.is_destructive()));
@@ -363,10 +434,20 @@ mod tests {
 
     #[test]
     fn after_revoke_after_suspended_factors_are_revoked() {
-        let d = DesiredState { factors: FactorDisposition::Revoke, end_sessions: true, ..keep() };
+        let d = DesiredState {
+            factors: FactorDisposition::Revoke,
+            end_sessions: true,
+            ..keep()
+        };
         let mut fs = three_factors(FactorStatus::Suspended);
         fs.push(factor("f0", FactorType::Sms, FactorStatus::Revoked));
-        let o = observed(Lifecycle::Deactivated { since: now() - Duration::days(31) }, fs, vec![]);
+        let o = observed(
+            Lifecycle::Deactivated {
+                since: now() - Duration::days(31),
+            },
+            fs,
+            vec![],
+        );
         let a = plan(&d, &o, now());
         assert_eq!(a.len(), 3);
         for x in &a {
@@ -380,19 +461,35 @@ mod tests {
 
     #[test]
     fn delete_revokes_active_and_suspended_at_once() {
-        let d = DesiredState { factors: FactorDisposition::Revoke, end_sessions: true, ..keep() };
+        let d = DesiredState {
+            factors: FactorDisposition::Revoke,
+            end_sessions: true,
+            ..keep()
+        };
         let fs = vec![
             factor("a", FactorType::Totp, FactorStatus::Active),
             factor("b", FactorType::Webauthn, FactorStatus::Suspended),
             factor("c", FactorType::Sms, FactorStatus::Revoked),
         ];
-        let o = observed(Lifecycle::Deleted { since: now() }, fs, vec![session("s", false)]);
+        let o = observed(
+            Lifecycle::Deleted { since: now() },
+            fs,
+            vec![session("s", false)],
+        );
         let a = plan(&d, &o, now());
         assert_eq!(
             a,
             vec![
-                Action::RevokeFactor { factor_id: "a".into(), factor_type: FactorType::Totp, reason: "deleted".into() },
-                Action::RevokeFactor { factor_id: "b".into(), factor_type: FactorType::Webauthn, reason: "deleted".into() },
+                Action::RevokeFactor {
+                    factor_id: "a".into(),
+                    factor_type: FactorType::Totp,
+                    reason: "deleted".into()
+                },
+                Action::RevokeFactor {
+                    factor_id: "b".into(),
+                    factor_type: FactorType::Webauthn,
+                    reason: "deleted".into()
+                },
                 Action::RevokeSessions { sessions: 1 },
             ]
         );
@@ -400,14 +497,25 @@ mod tests {
 
     #[test]
     fn sessions_kept_when_policy_keeps_them() {
-        let d = DesiredState { factors: FactorDisposition::Revoke, end_sessions: false, ..keep() };
-        let o = observed(Lifecycle::Deactivated { since: now() }, vec![], vec![session("s", false)]);
+        let d = DesiredState {
+            factors: FactorDisposition::Revoke,
+            end_sessions: false,
+            ..keep()
+        };
+        let o = observed(
+            Lifecycle::Deactivated { since: now() },
+            vec![],
+            vec![session("s", false)],
+        );
         assert!(plan(&d, &o, now()).is_empty());
     }
 
     #[test]
     fn forbidden_types_are_revoked_for_active_users() {
-        let d = DesiredState { forbidden: vec![FactorType::Sms, FactorType::Voice], ..keep() };
+        let d = DesiredState {
+            forbidden: vec![FactorType::Sms, FactorType::Voice],
+            ..keep()
+        };
         let fs = vec![
             factor("a", FactorType::Sms, FactorStatus::Active),
             factor("b", FactorType::Totp, FactorStatus::Active),
@@ -417,8 +525,16 @@ mod tests {
         assert_eq!(
             a,
             vec![
-                Action::RevokeFactor { factor_id: "a".into(), factor_type: FactorType::Sms, reason: "forbidden".into() },
-                Action::RevokeFactor { factor_id: "c".into(), factor_type: FactorType::Voice, reason: "forbidden".into() },
+                Action::RevokeFactor {
+                    factor_id: "a".into(),
+                    factor_type: FactorType::Sms,
+                    reason: "forbidden".into()
+                },
+                Action::RevokeFactor {
+                    factor_id: "c".into(),
+                    factor_type: FactorType::Voice,
+                    reason: "forbidden".into()
+                },
             ]
         );
     }
@@ -427,12 +543,24 @@ mod tests {
     fn missing_required_factor_is_marked_once_then_overdue_once() {
         let deadline = now() + Duration::hours(72);
         let d = DesiredState {
-            required: vec![Requirement { types: vec![FactorType::Webauthn], deadline, rule: 0 }],
+            required: vec![Requirement {
+                types: vec![FactorType::Webauthn],
+                deadline,
+                rule: 0,
+            }],
             ..keep()
         };
-        let mut o = observed(Lifecycle::Active, vec![factor("t", FactorType::Totp, FactorStatus::Active)], vec![]);
+        let mut o = observed(
+            Lifecycle::Active,
+            vec![factor("t", FactorType::Totp, FactorStatus::Active)],
+            vec![],
+        );
         let a = plan(&d, &o, now());
-        let want = Action::RequireEnrollment { types: vec![FactorType::Webauthn], deadline: ts_from(deadline), rule: 0 };
+        let want = Action::RequireEnrollment {
+            types: vec![FactorType::Webauthn],
+            deadline: ts_from(deadline),
+            rule: 0,
+        };
         assert_eq!(a, vec![want]);
         assert_eq!(next_due(&d, &o, now()), Some(deadline));
         // once marked: nothing more until the deadline
@@ -449,7 +577,14 @@ mod tests {
         assert!(plan(&d, &o, now()).is_empty());
         // at the deadline: overdue, once
         let a = plan(&d, &o, deadline);
-        assert_eq!(a, vec![Action::RequirementOverdue { types: vec![FactorType::Webauthn], deadline: ts_from(deadline), rule: 0 }]);
+        assert_eq!(
+            a,
+            vec![Action::RequirementOverdue {
+                types: vec![FactorType::Webauthn],
+                deadline: ts_from(deadline),
+                rule: 0
+            }]
+        );
         if let Some(m) = o.requirements.get_mut(&0) {
             m.overdue = true;
         }
@@ -457,28 +592,57 @@ mod tests {
         assert_eq!(next_due(&d, &o, deadline), None);
         // a changed deadline (policy grace changed) is marked again
         let d2 = DesiredState {
-            required: vec![Requirement { types: vec![FactorType::Webauthn], deadline: deadline + Duration::hours(1), rule: 0 }],
+            required: vec![Requirement {
+                types: vec![FactorType::Webauthn],
+                deadline: deadline + Duration::hours(1),
+                rule: 0,
+            }],
             ..keep()
         };
-        assert!(matches!(plan(&d2, &o, now())[..], [Action::RequireEnrollment { .. }]));
+        assert!(matches!(
+            plan(&d2, &o, now())[..],
+            [Action::RequireEnrollment { .. }]
+        ));
     }
 
     #[test]
     fn requirement_met_by_an_active_factor_plans_nothing() {
         let d = DesiredState {
-            required: vec![Requirement { types: vec![FactorType::Totp, FactorType::Webauthn], deadline: now(), rule: 1 }],
+            required: vec![Requirement {
+                types: vec![FactorType::Totp, FactorType::Webauthn],
+                deadline: now(),
+                rule: 1,
+            }],
             ..keep()
         };
-        let o = observed(Lifecycle::Active, vec![factor("w", FactorType::Webauthn, FactorStatus::Active)], vec![]);
+        let o = observed(
+            Lifecycle::Active,
+            vec![factor("w", FactorType::Webauthn, FactorStatus::Active)],
+            vec![],
+        );
         assert!(plan(&d, &o, now()).is_empty());
         // a suspended one being resumed counts too
-        let o = observed(Lifecycle::Active, vec![factor("w", FactorType::Webauthn, FactorStatus::Suspended)], vec![]);
+        let o = observed(
+            Lifecycle::Active,
+            vec![factor("w", FactorType::Webauthn, FactorStatus::Suspended)],
+            vec![],
+        );
         assert_eq!(plan(&d, &o, now()).len(), 1);
         // a forbidden one being revoked does not
-        let d = DesiredState { forbidden: vec![FactorType::Webauthn], ..d };
-        let o = observed(Lifecycle::Active, vec![factor("w", FactorType::Webauthn, FactorStatus::Active)], vec![]);
+        let d = DesiredState {
+            forbidden: vec![FactorType::Webauthn],
+            ..d
+        };
+        let o = observed(
+            Lifecycle::Active,
+            vec![factor("w", FactorType::Webauthn, FactorStatus::Active)],
+            vec![],
+        );
         let names: Vec<&str> = plan(&d, &o, now()).iter().map(Action::name).collect();
-        assert_eq!(names, vec!["revoke_factor", "require_enrollment", "requirement_overdue"]);
+        assert_eq!(
+            names,
+            vec!["revoke_factor", "require_enrollment", "requirement_overdue"]
+        );
     }
 
     #[test]
@@ -492,28 +656,55 @@ mod tests {
         garbled.last_used = Some("yesterday".into());
         let fresh = factor("fresh", FactorType::Webauthn, FactorStatus::Active);
         let o = observed(Lifecycle::Active, vec![old, never, garbled, fresh], vec![]);
-        let stale = |action| DesiredState { stale: Some(StaleRule { unused_for: Duration::days(90), action }), ..keep() };
+        let stale = |action| DesiredState {
+            stale: Some(StaleRule {
+                unused_for: Duration::days(90),
+                action,
+            }),
+            ..keep()
+        };
         assert!(plan(&stale(StaleAction::Report), &o, now()).is_empty());
         let ids = |a: Vec<Action>| {
             a.into_iter()
                 .map(|x| match x {
-                    Action::SuspendFactor { factor_id, reason, .. } => format!("s:{factor_id}:{reason}"),
-                    Action::RevokeFactor { factor_id, reason, .. } => format!("r:{factor_id}:{reason}"),
+                    Action::SuspendFactor {
+                        factor_id, reason, ..
+                    } => format!("s:{factor_id}:{reason}"),
+                    Action::RevokeFactor {
+                        factor_id, reason, ..
+                    } => format!("r:{factor_id}:{reason}"),
                     other => format!("{other:?}"),
                 })
                 .collect::<Vec<_>>()
         };
-        assert_eq!(ids(plan(&stale(StaleAction::Suspend), &o, now())), vec!["s:never:stale", "s:old:stale"]);
-        assert_eq!(ids(plan(&stale(StaleAction::Revoke), &o, now())), vec!["r:never:stale", "r:old:stale"]);
+        assert_eq!(
+            ids(plan(&stale(StaleAction::Suspend), &o, now())),
+            vec!["s:never:stale", "s:old:stale"]
+        );
+        assert_eq!(
+            ids(plan(&stale(StaleAction::Revoke), &o, now())),
+            vec!["r:never:stale", "r:old:stale"]
+        );
         // a stale factor that is suspended stays suspended (no resume/suspend flapping)
         let mut s = factor("old", FactorType::Totp, FactorStatus::Suspended);
         s.last_used = Some("2024-01-01T00:00:00.000000Z".into());
-        assert!(plan(&stale(StaleAction::Suspend), &observed(Lifecycle::Active, vec![s], vec![]), now()).is_empty());
+        assert!(plan(
+            &stale(StaleAction::Suspend),
+            &observed(Lifecycle::Active, vec![s], vec![]),
+            now()
+        )
+        .is_empty());
     }
 
     #[test]
     fn nothing_to_do_for_a_user_without_factors() {
-        let d = DesiredState { factors: FactorDisposition::Suspend { revoke_at: now() + Duration::days(1) }, end_sessions: true, ..keep() };
+        let d = DesiredState {
+            factors: FactorDisposition::Suspend {
+                revoke_at: now() + Duration::days(1),
+            },
+            end_sessions: true,
+            ..keep()
+        };
         let o = observed(Lifecycle::Deactivated { since: now() }, vec![], vec![]);
         assert!(plan(&d, &o, now()).is_empty());
         assert_eq!(next_due(&d, &o, now()), None);
@@ -521,9 +712,16 @@ mod tests {
 
     #[test]
     fn actions_serialize_with_a_tag() {
-        let a = Action::SuspendFactor { factor_id: "f".into(), factor_type: FactorType::HardwareOtp, reason: "deactivated".into() };
+        let a = Action::SuspendFactor {
+            factor_id: "f".into(),
+            factor_type: FactorType::HardwareOtp,
+            reason: "deactivated".into(),
+        };
         let v = serde_json::to_value(&a).unwrap();
-        assert_eq!(v, serde_json::json!({"action": "suspend_factor", "factor_id": "f", "factor_type": "hardware_otp", "reason": "deactivated"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"action": "suspend_factor", "factor_id": "f", "factor_type": "hardware_otp", "reason": "deactivated"})
+        );
         let back: Action = serde_json::from_value(v).unwrap();
         assert_eq!(back, a);
         assert_eq!(a.name(), "suspend_factor");

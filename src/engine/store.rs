@@ -108,7 +108,10 @@ pub async fn read_guard(db: &Db, tenant_id: &str) -> Result<GuardRow, sqlx::Erro
     .bind(tenant_id)
     .fetch_optional(&db.pool)
     .await?;
-    row.as_ref().map(guard_row).transpose().map(Option::unwrap_or_default)
+    row.as_ref()
+        .map(guard_row)
+        .transpose()
+        .map(Option::unwrap_or_default)
 }
 
 /// Distinct users with counted destructive actions since `since`, and whether `user_id` is one.
@@ -287,7 +290,10 @@ pub async fn delete_quarantine(
     Ok(r.rows_affected() > 0)
 }
 
-pub async fn list_quarantine(db: &Db, tenant_id: &str) -> Result<Vec<QuarantineEntry>, sqlx::Error> {
+pub async fn list_quarantine(
+    db: &Db,
+    tenant_id: &str,
+) -> Result<Vec<QuarantineEntry>, sqlx::Error> {
     let rows = sqlx::query(&format!(
         "SELECT {Q_COLUMNS} FROM quarantine WHERE tenant_id = $1 ORDER BY created, user_id"
     ))

@@ -102,7 +102,12 @@ impl Fixture {
                 o.insert(k.clone(), v.clone());
             }
         }
-        self.ctx.directory.create_user(&self.actor(), r).await.expect("user").id
+        self.ctx
+            .directory
+            .create_user(&self.actor(), r)
+            .await
+            .expect("user")
+            .id
     }
 
     pub async fn enroll(&self, name: &str, t: FactorType) -> Factor {
@@ -113,19 +118,33 @@ impl Fixture {
             },
             _ => EnrollMaterial::None,
         };
-        factors::enroll(self.db(), &self.ctx.master_key, &self.tenant, name, t, None, material)
-            .await
-            .expect("enroll")
-            .factor
+        factors::enroll(
+            self.db(),
+            &self.ctx.master_key,
+            &self.tenant,
+            name,
+            t,
+            None,
+            material,
+        )
+        .await
+        .expect("enroll")
+        .factor
     }
 
     /// A user with TOTP, WebAuthn and recovery codes, and one live session.
     pub async fn user_with_factors(&self, name: &str) -> String {
         let id = self.user(name, json!({})).await;
-        for t in [FactorType::Totp, FactorType::Webauthn, FactorType::RecoveryCodes] {
+        for t in [
+            FactorType::Totp,
+            FactorType::Webauthn,
+            FactorType::RecoveryCodes,
+        ] {
             self.enroll(name, t).await;
         }
-        factors::create_session(self.db(), &self.tenant, name).await.expect("session");
+        factors::create_session(self.db(), &self.tenant, name)
+            .await
+            .expect("session");
         id
     }
 
@@ -145,7 +164,11 @@ impl Fixture {
     }
 
     pub async fn delete(&self, id: &str) {
-        self.ctx.directory.delete_user(&self.actor(), &self.tenant, id, None).await.expect("delete");
+        self.ctx
+            .directory
+            .delete_user(&self.actor(), &self.tenant, id, None)
+            .await
+            .expect("delete");
     }
 
     /// (type, status) of every factor of the user, by type.
@@ -177,7 +200,10 @@ impl Fixture {
 
     /// Audit kinds about `subject`, in chain order.
     pub async fn audit_kinds(&self, subject: &str) -> Vec<String> {
-        let f = crate::audit::ListFilter { subject: Some(subject.into()), ..Default::default() };
+        let f = crate::audit::ListFilter {
+            subject: Some(subject.into()),
+            ..Default::default()
+        };
         crate::audit::list(self.db(), &self.tenant, &f, 1000, None)
             .await
             .expect("audit")
@@ -201,7 +227,11 @@ impl Fixture {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query(sql).fetch_one(&self.db().pool).await.expect(sql).get(0)
+        sqlx::query(sql)
+            .fetch_one(&self.db().pool)
+            .await
+            .expect(sql)
+            .get(0)
     }
 
     /// Moves a user's last `kind` lifecycle row `days` into the past (time travel for
@@ -240,7 +270,11 @@ pub struct FailOp {
 
 impl FailOp {
     pub fn new(inner: Arc<dyn crate::factors::FactorStore>, op: &'static str, n: u32) -> Self {
-        FailOp { inner, op, remaining: std::sync::atomic::AtomicU32::new(n) }
+        FailOp {
+            inner,
+            op,
+            remaining: std::sync::atomic::AtomicU32::new(n),
+        }
     }
 
     fn check(&self, op: &str) -> Result<(), crate::factors::FactorError> {
@@ -251,7 +285,9 @@ impl FailOp {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok()
         {
-            return Err(crate::factors::FactorError::retryable(format!("{op} failed (test)")));
+            return Err(crate::factors::FactorError::retryable(format!(
+                "{op} failed (test)"
+            )));
         }
         Ok(())
     }
@@ -276,7 +312,12 @@ impl crate::factors::FactorStore for FailOp {
             self.inner.list_sessions(t, u).await
         })
     }
-    fn list_users<'a>(&'a self, t: &'a str, after: Option<String>, limit: usize) -> BF<'a, Vec<String>> {
+    fn list_users<'a>(
+        &'a self,
+        t: &'a str,
+        after: Option<String>,
+        limit: usize,
+    ) -> BF<'a, Vec<String>> {
         self.inner.list_users(t, after, limit)
     }
     fn suspend<'a>(&'a self, t: &'a str, u: &'a str, f: &'a str) -> BF<'a, ()> {

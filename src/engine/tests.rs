@@ -13,7 +13,9 @@ fn opts(trigger: &str) -> ConvergeOptions {
 }
 
 async fn run(f: &Fixture, user: &str) -> ConvergeOutcome {
-    converge_with(&f.ctx, &f.tenant, user, &opts("deactivated")).await.expect("converge")
+    converge_with(&f.ctx, &f.tenant, user, &opts("deactivated"))
+        .await
+        .expect("converge")
 }
 
 fn names(actions: &[Action]) -> Vec<&'static str> {
@@ -28,13 +30,21 @@ async fn deactivation_suspends_factors_ends_sessions_and_is_audited() {
         let out = run(&f, &id).await;
         assert_eq!(
             names(&out.executed),
-            vec!["suspend_factor", "suspend_factor", "suspend_factor", "revoke_sessions"]
+            vec![
+                "suspend_factor",
+                "suspend_factor",
+                "suspend_factor",
+                "revoke_sessions"
+            ]
         );
         assert!(out.failed.is_empty() && out.quarantined.is_empty());
         assert!(f.all("alice", Suspended).await);
         assert_eq!(f.live_sessions("alice").await, 0);
         let kinds = f.audit_kinds(&id).await;
-        let decision = kinds.iter().position(|k| k == "policy.decision").expect("decision");
+        let decision = kinds
+            .iter()
+            .position(|k| k == "policy.decision")
+            .expect("decision");
         assert_eq!(kinds.iter().filter(|k| *k == "action.executed").count(), 4);
         assert!(kinds.iter().rposition(|k| k == "action.executed").unwrap() > decision);
         // The follow-up at revoke_after is a durable job, ~30 days out (coalesced with the
@@ -49,7 +59,10 @@ async fn deactivation_suspends_factors_ends_sessions_and_is_audited() {
         };
         assert_eq!(f.count(&pending("")).await, 1);
         assert_eq!(f.count(&pending(&format!(" AND due <= '{due}'"))).await, 1);
-        f.exec(&format!("UPDATE jobs SET state = 'done' WHERE user_id = '{id}'")).await;
+        f.exec(&format!(
+            "UPDATE jobs SET state = 'done' WHERE user_id = '{id}'"
+        ))
+        .await;
         run(&f, &id).await;
         assert_eq!(f.count(&pending(&format!(" AND due = '{due}'"))).await, 1);
         // Idempotent: the second run plans nothing.
@@ -69,7 +82,9 @@ async fn reactivation_within_revoke_after_resumes() {
         run(&f, &id).await;
         assert!(f.all("bob", Suspended).await);
         f.set_active(&id, true).await;
-        let out = converge_with(&f.ctx, &f.tenant, &id, &opts("reactivated")).await.unwrap();
+        let out = converge_with(&f.ctx, &f.tenant, &id, &opts("reactivated"))
+            .await
+            .unwrap();
         assert_eq!(names(&out.executed), vec!["resume_factor"; 3]);
         assert!(f.all("bob", Active).await);
         assert!(run(&f, &id).await.planned.is_empty());
@@ -83,13 +98,17 @@ async fn after_revoke_after_suspended_factors_are_revoked() {
         f.set_active(&id, false).await;
         run(&f, &id).await;
         f.backdate(&id, "deactivated", 31).await;
-        let out = converge_with(&f.ctx, &f.tenant, &id, &opts("scheduled")).await.unwrap();
+        let out = converge_with(&f.ctx, &f.tenant, &id, &opts("scheduled"))
+            .await
+            .unwrap();
         assert_eq!(names(&out.executed), vec!["revoke_factor"; 3]);
         assert!(f.all("carol", Revoked).await);
         assert_eq!(out.next_due, None);
         // Reactivating now cannot bring revoked factors back: nothing to resume.
         f.set_active(&id, true).await;
-        let out = converge_with(&f.ctx, &f.tenant, &id, &opts("reactivated")).await.unwrap();
+        let out = converge_with(&f.ctx, &f.tenant, &id, &opts("reactivated"))
+            .await
+            .unwrap();
         assert!(out.planned.is_empty());
         assert!(f.all("carol", Revoked).await);
     }
@@ -100,15 +119,26 @@ async fn delete_revokes_at_once() {
     for f in fixtures().await {
         let id = f.user_with_factors("dave").await;
         f.delete(&id).await;
-        let out = converge_with(&f.ctx, &f.tenant, &id, &opts("deleted")).await.unwrap();
+        let out = converge_with(&f.ctx, &f.tenant, &id, &opts("deleted"))
+            .await
+            .unwrap();
         assert!(out.found);
         assert_eq!(
             names(&out.executed),
-            vec!["revoke_factor", "revoke_factor", "revoke_factor", "revoke_sessions"]
+            vec![
+                "revoke_factor",
+                "revoke_factor",
+                "revoke_factor",
+                "revoke_sessions"
+            ]
         );
         assert!(f.all("dave", Revoked).await);
         assert_eq!(f.live_sessions("dave").await, 0);
-        assert!(converge(&f.ctx, &f.tenant, &id).await.unwrap().planned.is_empty());
+        assert!(converge(&f.ctx, &f.tenant, &id)
+            .await
+            .unwrap()
+            .planned
+            .is_empty());
     }
 }
 
@@ -134,7 +164,13 @@ async fn audit_only_executes_nothing_and_records_everything() {
         assert_eq!(f.live_sessions("erin").await, 1);
         let kinds = f.audit_kinds(&id).await;
         assert!(kinds.contains(&"policy.decision".to_string()));
-        assert_eq!(kinds.iter().filter(|k| *k == "action.would_execute").count(), 4);
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|k| *k == "action.would_execute")
+                .count(),
+            4
+        );
         assert!(!kinds.iter().any(|k| k == "action.executed"));
     }
 }
@@ -150,7 +186,9 @@ async fn required_factor_is_enforced_once_and_forbidden_factor_revoked() {
         f.enroll("root", FactorType::Totp).await;
         let out = run(&f, &admin).await;
         assert_eq!(names(&out.executed), vec!["require_enrollment"]);
-        let reqs = factors::list_requirements(f.db(), &f.tenant, "root").await.unwrap();
+        let reqs = factors::list_requirements(f.db(), &f.tenant, "root")
+            .await
+            .unwrap();
         assert_eq!(reqs.len(), 1);
         // Marked once: the next runs plan nothing, and the deadline does not move.
         let again = run(&f, &admin).await;
@@ -159,7 +197,11 @@ async fn required_factor_is_enforced_once_and_forbidden_factor_revoked() {
         // Enrolling WebAuthn satisfies it: bookkeeping cleared, nothing planned.
         f.enroll("root", FactorType::Webauthn).await;
         assert!(run(&f, &admin).await.planned.is_empty());
-        let n = f.count(&format!("SELECT COUNT(*) FROM enforcement WHERE user_id = '{admin}'")).await;
+        let n = f
+            .count(&format!(
+                "SELECT COUNT(*) FROM enforcement WHERE user_id = '{admin}'"
+            ))
+            .await;
         assert_eq!(n, 0);
 
         let contractor = f.user("temp", json!({"userType": "Contractor"})).await;
@@ -182,7 +224,10 @@ async fn overdue_requirement_is_recorded_once() {
     for f in fixtures_with(&policy).await {
         let admin = f.user("root", json!({"roles": [{"value": "admin"}]})).await;
         let out = run(&f, &admin).await;
-        assert_eq!(names(&out.executed), vec!["require_enrollment", "requirement_overdue"]);
+        assert_eq!(
+            names(&out.executed),
+            vec!["require_enrollment", "requirement_overdue"]
+        );
         assert!(run(&f, &admin).await.planned.is_empty());
     }
 }
@@ -228,13 +273,19 @@ async fn guard_trips_above_the_threshold_and_quarantines_the_excess() {
         assert_eq!(f.live_sessions("u3").await, 1);
         let st = guard::status(f.db(), &f.tenant).await.unwrap();
         assert!(st.tripped);
-        assert!(st.trip_reason.unwrap().contains("max_destructive_per_15m = 2"));
+        assert!(st
+            .trip_reason
+            .unwrap()
+            .contains("max_destructive_per_15m = 2"));
         let held: Vec<&str> = st.quarantined.iter().map(|q| q.user_id.as_str()).collect();
         assert_eq!(held.len(), 2);
         assert!(held.contains(&ids[2].as_str()) && held.contains(&ids[3].as_str()));
         let kinds = f.all_audit_kinds().await;
         assert_eq!(kinds.iter().filter(|k| *k == "guard.tripped").count(), 1);
-        assert_eq!(kinds.iter().filter(|k| *k == "action.quarantined").count(), 2);
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "action.quarantined").count(),
+            2
+        );
         // Converging a held user again keeps it held (nothing lost, nothing run).
         let o = run(&f, &ids[3]).await;
         assert!(o.executed.is_empty() && o.quarantined.len() == 4);
@@ -253,13 +304,20 @@ async fn guard_trips_above_the_threshold_and_quarantines_the_excess() {
 #[tokio::test]
 async fn guard_release_runs_the_held_actions() {
     for (f, ids) in tripped().await {
-        let r = guard::release(f.db(), &f.tenant, AuditActor::cli("guard release")).await.unwrap();
+        let r = guard::release(f.db(), &f.tenant, AuditActor::cli("guard release"))
+            .await
+            .unwrap();
         assert!(r.was_tripped);
         assert_eq!(r.users.len(), 2);
         assert!(!guard::status(f.db(), &f.tenant).await.unwrap().tripped);
         // Release enqueued a converge per held user; run those jobs.
-        let jobs = crate::jobs::store::lease(f.db(), "test", 100, Duration::from_secs(30)).await.unwrap();
-        let released: Vec<&Job> = jobs.iter().filter(|j| j.payload["reason"] == "guard_release").collect();
+        let jobs = crate::jobs::store::lease(f.db(), "test", 100, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let released: Vec<&Job> = jobs
+            .iter()
+            .filter(|j| j.payload["reason"] == "guard_release")
+            .collect();
         assert!(!jobs.is_empty());
         for j in &jobs {
             run_job(&f.ctx, j).await.unwrap();
@@ -271,7 +329,10 @@ async fn guard_release_runs_the_held_actions() {
         assert!(st.quarantined.is_empty() && !st.tripped);
         // Released users do not count toward the new window.
         assert_eq!(st.window_users, 0);
-        assert!(f.all_audit_kinds().await.contains(&"guard.released".to_string()));
+        assert!(f
+            .all_audit_kinds()
+            .await
+            .contains(&"guard.released".to_string()));
         let _ = ids;
     }
 }
@@ -279,13 +340,18 @@ async fn guard_release_runs_the_held_actions() {
 #[tokio::test]
 async fn guard_discard_drops_the_held_actions_with_audit() {
     for (f, ids) in tripped().await {
-        let r = guard::discard(f.db(), &f.tenant, AuditActor::cli("guard discard")).await.unwrap();
+        let r = guard::discard(f.db(), &f.tenant, AuditActor::cli("guard discard"))
+            .await
+            .unwrap();
         assert_eq!(r.users.len(), 2);
         let st = guard::status(f.db(), &f.tenant).await.unwrap();
         assert!(!st.tripped && st.quarantined.is_empty());
         assert!(f.all("u2", Active).await && f.all("u3", Active).await);
         for id in &ids[2..] {
-            assert!(f.audit_kinds(id).await.contains(&"guard.discarded".to_string()));
+            assert!(f
+                .audit_kinds(id)
+                .await
+                .contains(&"guard.discarded".to_string()));
         }
         let n = f
             .count("SELECT COUNT(*) FROM jobs WHERE payload LIKE '%guard_release%'")
@@ -341,7 +407,9 @@ async fn store_outage_fails_the_converge_retryably_then_completes() {
         let flaky = Arc::new(factors::FlakyStore::new(inner));
         factors::set_store_override(&f.tenant, flaky.clone());
         flaky.fail_forever(true);
-        let e = converge_with(&f.ctx, &f.tenant, &id, &opts("deactivated")).await.unwrap_err();
+        let e = converge_with(&f.ctx, &f.tenant, &id, &opts("deactivated"))
+            .await
+            .unwrap_err();
         assert!(e.retryable, "{e:?}");
         assert!(f.all("flaky", Active).await);
         flaky.fail_forever(false);
@@ -359,8 +427,13 @@ async fn a_failed_action_is_audited_and_the_rest_still_run() {
         let inner = factors::store_for_tenant(f.db(), f.ctx.master_key.clone(), &f.tenant);
         let failing = Arc::new(super::testkit::FailOp::new(inner, "revoke_sessions", 1));
         factors::set_store_override(&f.tenant, failing);
-        let e = converge_with(&f.ctx, &f.tenant, &id, &opts("deactivated")).await.unwrap_err();
-        assert!(e.retryable && e.message.contains("revoke_sessions"), "{e:?}");
+        let e = converge_with(&f.ctx, &f.tenant, &id, &opts("deactivated"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.retryable && e.message.contains("revoke_sessions"),
+            "{e:?}"
+        );
         assert!(f.all("partial", Suspended).await);
         assert_eq!(f.live_sessions("partial").await, 1);
         let kinds = f.audit_kinds(&id).await;
@@ -396,11 +469,27 @@ async fn a_directory_deactivation_converges_through_the_queue_within_a_second() 
         // One transaction carried the SCIM write's audit entry and the job; then the decision
         // and each action followed.
         let kinds = f.audit_kinds(&id).await;
-        let at = |k: &str| kinds.iter().position(|x| x == k).unwrap_or_else(|| panic!("{k} in {kinds:?}"));
+        let at = |k: &str| {
+            kinds
+                .iter()
+                .position(|x| x == k)
+                .unwrap_or_else(|| panic!("{k} in {kinds:?}"))
+        };
         assert!(at("scim.user.created") < at("scim.user.deactivated"));
         let decision = kinds.iter().rposition(|x| x == "policy.decision").unwrap();
         assert!(at("scim.user.deactivated") < decision);
-        assert_eq!(kinds[decision..].iter().filter(|k| *k == "action.executed").count(), 4);
-        assert!(crate::audit::verify(f.db(), Some(&f.tenant)).await.unwrap().ok);
+        assert_eq!(
+            kinds[decision..]
+                .iter()
+                .filter(|k| *k == "action.executed")
+                .count(),
+            4
+        );
+        assert!(
+            crate::audit::verify(f.db(), Some(&f.tenant))
+                .await
+                .unwrap()
+                .ok
+        );
     }
 }

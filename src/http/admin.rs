@@ -1219,40 +1219,35 @@ mod http_tests {
 
     struct Fixture {
         state: web::Data<AppState>,
+        tenant: String,
         admin: String,
         auditor: String,
         /// An admin token of another tenant.
         other: String,
     }
 
-    async fn tenant_with_tokens(db: &Db, name: &str) -> (String, String) {
+    async fn tenant_with_tokens(db: &Db, name: &str) -> (String, String, String) {
         let name = name.to_string();
         let (admin, admin_hash) = generate_token(Scope::Admin);
         let (auditor, auditor_hash) = generate_token(Scope::Auditor);
-        db.write(move |conn: &mut AnyConnection| {
-            Box::pin(async move {
-                let t = crate::store::tenants::create_tenant(conn, &name).await?;
-                crate::store::tenants::insert_token(conn, &t.id, Scope::Admin, "ops", &admin_hash)
-                    .await?;
-                crate::store::tenants::insert_token(
-                    conn,
-                    &t.id,
-                    Scope::Auditor,
-                    "audit",
-                    &auditor_hash,
-                )
-                .await?;
-                Ok::<_, crate::store::tenants::TenantError>(())
+        let tenant = db
+            .write(move |conn: &mut AnyConnection| {
+                Box::pin(async move {
+                    use crate::store::tenants::{create_tenant, insert_token, TenantError};
+                    let t = create_tenant(conn, &name).await?;
+                    insert_token(conn, &t.id, Scope::Admin, "ops", &admin_hash).await?;
+                    insert_token(conn, &t.id, Scope::Auditor, "audit", &auditor_hash).await?;
+                    Ok::<_, TenantError>(t.id)
+                })
             })
-        })
-        .await
-        .unwrap();
-        (admin, auditor)
+            .await
+            .unwrap();
+        (tenant, admin, auditor)
     }
 
     async fn fixture(db: Db) -> Fixture {
-        let (admin, auditor) = tenant_with_tokens(&db, "acme").await;
-        let (other, _) = tenant_with_tokens(&db, "globex").await;
+        let (tenant, admin, auditor) = tenant_with_tokens(&db, "acme").await;
+        let (_, other, _) = tenant_with_tokens(&db, "globex").await;
         let config = Config::load_from(&Sources::default(), &BTreeMap::new()).unwrap();
         let state = web::Data::new(AppState {
             directory: Directory::new(db.clone()),
@@ -1264,6 +1259,7 @@ mod http_tests {
         });
         Fixture {
             state,
+            tenant,
             admin,
             auditor,
             other,
@@ -1523,6 +1519,124 @@ mod http_tests {
             assert_eq!(v["versions"].as_array().map(Vec::len), Some(1));
             let (_, v) = call!(&app, get("/admin/v1/audit?kind=policy.set", &f.auditor));
             assert_eq!(v["entries"].as_array().map(Vec::len), Some(1));
+        }
+    }
+
+    #[actix_web::test]
+    async fn factors_offboardings_and_jobs() {
+        for db in fresh_dbs().await {
+            let f = fixture(db).await;
+            let app =
+                test::init_service(App::new().app_data(f.state.clone()).configure(routes)).await;
+            let user = json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "Alice@Example.com",
+                "active": true,
+            });
+            let actor = crate::directory::Actor::system(f.tenant.clone());
+            let uid = f
+                .state
+                .directory
+                .create_user(&actor, user)
+                .await
+                .unwrap()
+                .id;
+            let path = format!("/admin/v1/users/{uid}/factors");
+
+            let (s, _) = call!(&app, post(&path, &f.auditor, r#"{"type":"totp"}"#));
+            assert_eq!(s, 403);
+            let (s, v) = call!(&app, post(&path, &f.admin, r#"{"type":"bogus"}"#));
+            assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid")));
+            let (s, v) = call!(
+                &app,
+                post(&path, &f.admin, r#"{"type":"totp","label":"phone"}"#)
+            );
+            assert_eq!(s, 201, "{v}");
+            assert!(v["otpauthUri"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("otpauth://totp/")));
+            assert_eq!(v["factor"]["status"], "active");
+            let fid = v["factor"]["id"].as_str().unwrap().to_string();
+
+            let (s, v) = call!(&app, get(&path, &f.auditor));
+            assert_eq!(s, 200, "{v}");
+            assert_eq!(v["linkKey"], "alice@example.com");
+            assert_eq!(v["factors"].as_array().map(Vec::len), Some(1));
+            assert!(v["factors"][0].get("lastUsed").is_some());
+            assert!(
+                !v.to_string().contains("otpauth"),
+                "the URI is shown once only"
+            );
+
+            let revoke = format!("/admin/v1/factors/{fid}/revoke");
+            let (s, _) = call!(&app, post(&revoke, &f.other, ""));
+            assert_eq!(s, 404, "another tenant's factor is not found");
+            let (s, v) = call!(&app, post(&revoke, &f.admin, ""));
+            assert_eq!(s, 200, "{v}");
+            assert_eq!(
+                (v["status"].as_str(), v["changed"].as_bool()),
+                (Some("revoked"), Some(true))
+            );
+            let (_, v) = call!(&app, post(&revoke, &f.admin, ""));
+            assert_eq!(v["changed"], false, "revoking twice is a no-op");
+            let (_, v) = call!(&app, get("/admin/v1/audit?kind=factor.", &f.auditor));
+            let kinds: Vec<&str> = v["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["kind"].as_str())
+                .collect();
+            assert_eq!(kinds, vec!["factor.enrolled", "factor.revoked"]);
+
+            // offboarding: scheduled in the future, listed, cancelled once
+            let (s, _) = call!(
+                &app,
+                post(
+                    "/admin/v1/offboardings",
+                    &f.admin,
+                    r#"{"userName":"alice@example.com","at":"tomorrow"}"#
+                )
+            );
+            assert_eq!(s, 400);
+            let (s, v) = call!(
+                &app,
+                post(
+                    "/admin/v1/offboardings",
+                    &f.admin,
+                    r#"{"userName":"alice@example.com","at":"2999-01-01T00:00:00Z","reason":"left","ticket":"HR-1"}"#,
+                )
+            );
+            assert_eq!(s, 201, "{v}");
+            assert_eq!(v["state"], "scheduled");
+            let oid = v["id"].as_str().unwrap().to_string();
+            let (_, v) = call!(&app, get("/admin/v1/offboardings", &f.auditor));
+            assert_eq!(v["offboardings"].as_array().map(Vec::len), Some(1));
+            let (s, v) = call!(
+                &app,
+                get(&format!("/admin/v1/offboardings/{oid}"), &f.admin)
+            );
+            assert_eq!((s, v["ticket"].as_str()), (200, Some("HR-1")));
+            let cancel = format!("/admin/v1/offboardings/{oid}/cancel");
+            let (s, v) = call!(&app, post(&cancel, &f.admin, ""));
+            assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
+            let (s, v) = call!(&app, post(&cancel, &f.admin, ""));
+            assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")));
+
+            // the offboarding's job is listed; it is not dead, so it cannot be retried
+            let (s, v) = call!(&app, get("/admin/v1/jobs?kind=offboard", &f.auditor));
+            assert_eq!(s, 200);
+            let jid = v["jobs"][0]["id"].as_str().unwrap().to_string();
+            let (s, v) = call!(
+                &app,
+                post(&format!("/admin/v1/jobs/{jid}/retry"), &f.admin, "")
+            );
+            assert_eq!(
+                (s, v["error"]["code"].as_str()),
+                (409, Some("conflict")),
+                "{v}"
+            );
+            let (s, _) = call!(&app, get(&format!("/admin/v1/jobs/{jid}"), &f.other));
+            assert_eq!(s, 404);
         }
     }
 }

@@ -252,12 +252,16 @@ impl Ctx<'_> {
                 let list: Vec<Value> = members
                     .into_iter()
                     .map(|(id, member_type, display)| {
-                        json!({
+                        let mut m = json!({
                             "$ref": format!("{}/{}/{}", self.base, if member_type == "Group" { "Groups" } else { "Users" }, id),
                             "value": id,
-                            "display": display,
                             "type": member_type,
-                        })
+                        });
+                        // A reference the tenant cannot resolve has no display name.
+                        if !display.is_empty() {
+                            m["display"] = json!(display);
+                        }
+                        m
                     })
                     .collect();
                 Some(("members", Value::Array(list)))

@@ -20,7 +20,15 @@ async fn enqueue(db: &Db, tenant: &str, user: &str, due: Option<String>) -> Stri
     let (t, u) = (tenant.to_string(), user.to_string());
     db.write(move |c: &mut AnyConnection| {
         Box::pin(async move {
-            let id = enqueue_in_tx(c, &t, kinds::CONVERGE, Some(&u), json!({"reason": "test"}), due.as_deref()).await?;
+            let id = enqueue_in_tx(
+                c,
+                &t,
+                kinds::CONVERGE,
+                Some(&u),
+                json!({"reason": "test"}),
+                due.as_deref(),
+            )
+            .await?;
             Ok::<_, StoreError>(id)
         })
     })
@@ -41,7 +49,11 @@ async fn converge_job(db: &Db, tenant: &str, user: &str, due: Option<String>) {
 }
 
 async fn pending(db: &Db, user: &str) -> Vec<Job> {
-    let f = JobFilter { user_id: Some(user.into()), state: Some("pending".into()), ..Default::default() };
+    let f = JobFilter {
+        user_id: Some(user.into()),
+        state: Some("pending".into()),
+        ..Default::default()
+    };
     list(db, &f, 100).await.unwrap()
 }
 
@@ -72,13 +84,27 @@ async fn enqueued_jobs_are_leased_once_and_completed() {
         let id = enqueue(db, &f.tenant, "u1", None).await;
         let later = crate::store::ts_from(chrono::Utc::now() + chrono::Duration::hours(1));
         enqueue(db, &f.tenant, "u2", Some(later)).await;
-        let got = store::lease(db, "w1", 10, Duration::from_secs(30)).await.unwrap();
+        let got = store::lease(db, "w1", 10, Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(got.len(), 1, "the future job is not due");
-        assert_eq!((got[0].id.as_str(), got[0].attempts, got[0].state.as_str()), (id.as_str(), 1, "running"));
-        assert!(store::lease(db, "w2", 10, Duration::from_secs(30)).await.unwrap().is_empty());
-        assert!(!store::complete(db, &id, "w2").await.unwrap(), "not w2's lease");
+        assert_eq!(
+            (got[0].id.as_str(), got[0].attempts, got[0].state.as_str()),
+            (id.as_str(), 1, "running")
+        );
+        assert!(store::lease(db, "w2", 10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(
+            !store::complete(db, &id, "w2").await.unwrap(),
+            "not w2's lease"
+        );
         assert!(store::complete(db, &id, "w1").await.unwrap());
-        assert_eq!(get(db, &f.tenant, &id).await.unwrap().unwrap().state, "done");
+        assert_eq!(
+            get(db, &f.tenant, &id).await.unwrap().unwrap().state,
+            "done"
+        );
         assert!(get(db, "other-tenant", &id).await.unwrap().is_none());
     }
 }
@@ -92,9 +118,14 @@ async fn an_expired_lease_makes_the_job_run_again() {
         let a = store::lease(db, "A", 1, Duration::ZERO).await.unwrap();
         assert_eq!(a.len(), 1);
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let b = store::lease(db, "B", 1, Duration::from_secs(30)).await.unwrap();
+        let b = store::lease(db, "B", 1, Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(b.len(), 1);
-        assert_eq!((b[0].id.as_str(), b[0].attempts, b[0].leased_by.as_deref()), (id.as_str(), 2, Some("B")));
+        assert_eq!(
+            (b[0].id.as_str(), b[0].attempts, b[0].leased_by.as_deref()),
+            (id.as_str(), 2, Some("B"))
+        );
         // A wakes up late: its completion no longer counts.
         assert!(!store::complete(db, &id, "A").await.unwrap());
         assert!(store::complete(db, &id, "B").await.unwrap());
@@ -106,15 +137,27 @@ async fn one_user_is_never_leased_twice_at_once() {
     for f in fixtures().await {
         let db = f.db();
         enqueue(db, &f.tenant, "same", None).await;
-        let first = store::lease(db, "A", 10, Duration::from_secs(30)).await.unwrap();
+        let first = store::lease(db, "A", 10, Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(first.len(), 1);
         // A new trigger for the same user while A runs: queued, not leased until A is done.
         enqueue(db, &f.tenant, "same", None).await;
         enqueue(db, &f.tenant, "other", None).await;
-        let second = store::lease(db, "B", 10, Duration::from_secs(30)).await.unwrap();
-        assert_eq!(second.iter().map(|j| j.user_id.clone().unwrap()).collect::<Vec<_>>(), vec!["other"]);
+        let second = store::lease(db, "B", 10, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(
+            second
+                .iter()
+                .map(|j| j.user_id.clone().unwrap())
+                .collect::<Vec<_>>(),
+            vec!["other"]
+        );
         store::complete(db, &first[0].id, "A").await.unwrap();
-        let third = store::lease(db, "B", 10, Duration::from_secs(30)).await.unwrap();
+        let third = store::lease(db, "B", 10, Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(third.len(), 1);
         assert_eq!(third[0].user_id.as_deref(), Some("same"));
     }
@@ -140,7 +183,9 @@ async fn converge_jobs_coalesce_per_user() {
         converge_job(db, &f.tenant, "u", None).await;
         assert_eq!(pending(db, "u").await.len(), 1);
         // A running job does not absorb new triggers.
-        let leased = store::lease(db, "w", 10, Duration::from_secs(30)).await.unwrap();
+        let leased = store::lease(db, "w", 10, Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(leased.len(), 1);
         converge_job(db, &f.tenant, "u", None).await;
         assert_eq!(pending(db, "u").await.len(), 1);
@@ -158,30 +203,67 @@ async fn failures_back_off_then_dead_letter_with_audit_and_retry_works() {
         let id = enqueue(db, &f.tenant, "u1", None).await;
         for attempt in 1..=cfg.max_attempts {
             tokio::time::sleep(cfg.backoff_cap + Duration::from_millis(5)).await;
-            let job = store::lease(db, "w", 1, cfg.lease).await.unwrap().pop().expect("due again");
+            let job = store::lease(db, "w", 1, cfg.lease)
+                .await
+                .unwrap()
+                .pop()
+                .expect("due again");
             assert_eq!(job.attempts, attempt);
-            let out = store::fail(db, &job, "w", "store down", true, &cfg).await.unwrap();
+            let out = store::fail(db, &job, "w", "store down", true, &cfg)
+                .await
+                .unwrap();
             if attempt < cfg.max_attempts {
                 assert!(matches!(out, FailOutcome::Retry { .. }), "{out:?}");
                 let j = get(db, &f.tenant, &id).await.unwrap().unwrap();
-                assert_eq!((j.state.as_str(), j.last_error.as_deref()), ("pending", Some("store down")));
+                assert_eq!(
+                    (j.state.as_str(), j.last_error.as_deref()),
+                    ("pending", Some("store down"))
+                );
             } else {
                 assert_eq!(out, FailOutcome::Dead);
             }
         }
-        let dead = list(db, &JobFilter { state: Some("dead".into()), ..Default::default() }, 10).await.unwrap();
+        let dead = list(
+            db,
+            &JobFilter {
+                state: Some("dead".into()),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].id, id);
         assert!(f.audit_kinds("u1").await.contains(&"job.dead".to_string()));
         // Retried by an admin: pending again with a fresh budget, audited.
-        assert!(retry(db, &f.tenant, &id, AuditActor::cli("jobs retry")).await.unwrap());
-        assert!(!retry(db, &f.tenant, &id, AuditActor::cli("jobs retry")).await.unwrap(), "not dead any more");
+        assert!(retry(db, &f.tenant, &id, AuditActor::cli("jobs retry"))
+            .await
+            .unwrap());
+        assert!(
+            !retry(db, &f.tenant, &id, AuditActor::cli("jobs retry"))
+                .await
+                .unwrap(),
+            "not dead any more"
+        );
         let j = get(db, &f.tenant, &id).await.unwrap().unwrap();
         assert_eq!((j.state.as_str(), j.attempts), ("pending", 0));
-        assert!(f.audit_kinds("u1").await.contains(&"job.retried".to_string()));
+        assert!(f
+            .audit_kinds("u1")
+            .await
+            .contains(&"job.retried".to_string()));
         // A permanent error dead-letters at once.
-        let job = store::lease(db, "w", 1, cfg.lease).await.unwrap().pop().unwrap();
-        assert_eq!(store::fail(db, &job, "w", "bad", false, &cfg).await.unwrap(), FailOutcome::Dead);
+        let job = store::lease(db, "w", 1, cfg.lease)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(
+            store::fail(db, &job, "w", "bad", false, &cfg)
+                .await
+                .unwrap(),
+            FailOutcome::Dead
+        );
     }
 }
 
@@ -199,9 +281,14 @@ async fn cancel_pending_only_cancels_what_has_not_started() {
         };
         assert!(cancel(a.clone()).await);
         assert!(!cancel(a.clone()).await);
-        assert!(store::lease(db, "w", 10, Duration::from_secs(30)).await.unwrap().is_empty());
+        assert!(store::lease(db, "w", 10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty());
         let b = enqueue(db, &f.tenant, "b", None).await;
-        store::lease(db, "w", 10, Duration::from_secs(30)).await.unwrap();
+        store::lease(db, "w", 10, Duration::from_secs(30))
+            .await
+            .unwrap();
         assert!(!cancel(b).await, "running");
     }
 }
@@ -212,12 +299,20 @@ async fn purge_and_recover() {
         let db = f.db();
         let id = enqueue(db, &f.tenant, "a", None).await;
         enqueue(db, &f.tenant, "b", None).await;
-        let leased = store::lease(db, "w", 10, Duration::from_secs(300)).await.unwrap();
+        let leased = store::lease(db, "w", 10, Duration::from_secs(300))
+            .await
+            .unwrap();
         assert_eq!(leased.len(), 2);
         store::complete(db, &id, "w").await.unwrap();
         // A restart on SQLite makes the other running job runnable at once.
         assert_eq!(store::recover_running(db).await.unwrap(), 1);
-        assert_eq!(store::lease(db, "w2", 10, Duration::from_secs(30)).await.unwrap().len(), 1);
+        assert_eq!(
+            store::lease(db, "w2", 10, Duration::from_secs(30))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         let future = crate::store::ts_from(chrono::Utc::now() + chrono::Duration::seconds(5));
         assert_eq!(purge_done(db, &future).await.unwrap(), 1);
         assert!(get(db, &f.tenant, &id).await.unwrap().is_none());
@@ -258,7 +353,10 @@ async fn workers_retry_through_a_flaky_store_and_complete() {
         // Done when every job is done but the follow-up at revoke_after, which stays pending.
         let open = |db: Db| async move {
             let sql = "SELECT COUNT(*) FROM jobs WHERE state <> 'done' AND payload NOT LIKE '%scheduled%'";
-            sqlx::query_scalar::<_, i64>(sql).fetch_one(&db.pool).await.unwrap()
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap()
         };
         let done = eventually(10, || {
             let db = db.clone();
@@ -266,7 +364,11 @@ async fn workers_retry_through_a_flaky_store_and_complete() {
         })
         .await;
         workers.shutdown().await;
-        assert!(done, "jobs did not complete: {:?}", store::counts(f.db(), None).await.unwrap());
+        assert!(
+            done,
+            "jobs did not complete: {:?}",
+            store::counts(f.db(), None).await.unwrap()
+        );
         assert!(flaky.failures.load(std::sync::atomic::Ordering::SeqCst) >= 2);
         assert!(f.all("flo", FactorStatus::Suspended).await);
         assert_eq!(f.live_sessions("flo").await, 0);
@@ -290,19 +392,56 @@ async fn a_store_that_never_recovers_ends_in_a_dead_letter_with_an_alert() {
         let dead = eventually(10, || {
             let (db, uid) = (db.clone(), uid.clone());
             async move {
-                let filter = JobFilter { state: Some("dead".into()), user_id: Some(uid), ..Default::default() };
+                let filter = JobFilter {
+                    state: Some("dead".into()),
+                    user_id: Some(uid),
+                    ..Default::default()
+                };
                 !list(&db, &filter, 10).await.unwrap().is_empty()
             }
         })
         .await;
         workers.shutdown().await;
         assert!(dead, "no dead letter");
-        let filter = JobFilter { state: Some("dead".into()), user_id: Some(id.clone()), ..Default::default() };
+        let filter = JobFilter {
+            state: Some("dead".into()),
+            user_id: Some(id.clone()),
+            ..Default::default()
+        };
         let job = list(f.db(), &filter, 10).await.unwrap().remove(0);
         assert_eq!(job.attempts, fast_jobs().max_attempts);
         assert!(job.last_error.unwrap().contains("FlakyStore"));
         assert!(f.audit_kinds(&id).await.contains(&"job.dead".to_string()));
         assert!(f.all("gone", FactorStatus::Active).await);
         factors::clear_store_override(&f.tenant);
+    }
+}
+
+#[tokio::test]
+async fn a_job_whose_workers_keep_dying_is_dead_lettered() {
+    for f in fixtures().await {
+        let db = f.db();
+        let id = enqueue(db, &f.tenant, "crashy", None).await;
+        // Every worker that takes it dies before recording anything.
+        for _ in 0..f.ctx.jobs.max_attempts {
+            assert_eq!(
+                store::lease(db, "doomed", 1, Duration::ZERO)
+                    .await
+                    .unwrap()
+                    .len(),
+                1
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let job = store::lease(db, "w", 1, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(job.attempts, f.ctx.jobs.max_attempts + 1);
+        worker::run_one(&f.ctx, "w", job).await;
+        let j = get(db, &f.tenant, &id).await.unwrap().unwrap();
+        assert_eq!(j.state, "dead");
+        assert!(j.last_error.unwrap().contains("gave up"));
     }
 }

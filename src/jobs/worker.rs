@@ -55,7 +55,10 @@ pub fn spawn_workers(ctx: EngineCtx, n: usize) -> Workers {
             if i == 0 && recover {
                 match store::recover_running(&ctx.db).await {
                     Ok(0) => {}
-                    Ok(n) => tracing::warn!(jobs = n, "jobs left running by a previous process are runnable again"),
+                    Ok(n) => tracing::warn!(
+                        jobs = n,
+                        "jobs left running by a previous process are runnable again"
+                    ),
                     Err(e) => tracing::error!(error = %e, "cannot recover running jobs"),
                 }
                 nudge_handle().notify_waiters();
@@ -93,7 +96,8 @@ async fn worker_loop(ctx: EngineCtx, id: String, index: usize, mut stop: watch::
         }
         if index == 0 && last_housekeeping.elapsed() > Duration::from_secs(600) {
             last_housekeeping = Instant::now();
-            let keep = chrono::Duration::from_std(cfg.keep_done).unwrap_or(chrono::Duration::days(7));
+            let keep =
+                chrono::Duration::from_std(cfg.keep_done).unwrap_or(chrono::Duration::days(7));
             let before = ts_from(chrono::Utc::now() - keep);
             if let Err(e) = store::purge_done(&ctx.db, &before).await {
                 tracing::warn!(error = %e, "cannot purge done jobs");
@@ -134,6 +138,23 @@ async fn run_batch(ctx: &EngineCtx, worker: &str, jobs: Vec<Job>) {
 /// Runs one leased job and records its outcome.
 pub async fn run_one(ctx: &EngineCtx, worker: &str, job: Job) {
     let started = Instant::now();
+    // Leased more often than allowed without ever recording a failure: its workers keep dying
+    // on it (a crash loop). Stop feeding it to them.
+    let outcome = if job.attempts > ctx.jobs.max_attempts {
+        Err((
+            format!(
+                "gave up after {} leases: every worker that took this job stopped before finishing it",
+                job.attempts - 1
+            ),
+            false,
+        ))
+    } else {
+        run_handler(ctx, &job).await
+    };
+    record(ctx, worker, &job, started, outcome).await
+}
+
+async fn run_handler(ctx: &EngineCtx, job: &Job) -> Result<(), (String, bool)> {
     let run = {
         let ctx = ctx.clone();
         let job = job.clone();
@@ -142,12 +163,21 @@ pub async fn run_one(ctx: &EngineCtx, worker: &str, job: Job) {
             tokio::time::timeout(ctx.jobs.lease, crate::engine::run_job(&ctx, &job)).await
         })
     };
-    let outcome = match run.await {
+    match run.await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => Err((e.message, e.retryable)),
         Ok(Err(_)) => Err(("timed out (ran past its lease)".to_string(), true)),
         Err(e) => Err((format!("handler panicked: {e}"), true)),
-    };
+    }
+}
+
+async fn record(
+    ctx: &EngineCtx,
+    worker: &str,
+    job: &Job,
+    started: Instant,
+    outcome: Result<(), (String, bool)>,
+) {
     match outcome {
         Ok(()) => {
             tracing::debug!(job = %job.id, kind = %job.kind, ms = started.elapsed().as_millis() as u64, "job done");
@@ -157,7 +187,7 @@ pub async fn run_one(ctx: &EngineCtx, worker: &str, job: Job) {
             }
         }
         Err((message, retryable)) => {
-            match store::fail(&ctx.db, &job, worker, &message, retryable, &ctx.jobs).await {
+            match store::fail(&ctx.db, job, worker, &message, retryable, &ctx.jobs).await {
                 Ok(FailOutcome::Retry { due }) => tracing::warn!(
                     job = %job.id, kind = %job.kind, tenant = %job.tenant_id,
                     attempt = job.attempts, error = %message, %due, "job failed; will retry"

@@ -92,7 +92,10 @@ pub async fn schedule(
         return Err(OffboardError::UnknownUser(user_name.to_string()));
     };
     let now = now_ts();
-    let at = at.map(ts_from).filter(|t| *t > now).unwrap_or_else(|| now.clone());
+    let at = at
+        .map(ts_from)
+        .filter(|t| *t > now)
+        .unwrap_or_else(|| now.clone());
     let o = Offboarding {
         id: uuid::Uuid::new_v4().to_string(),
         tenant_id: tenant_id.to_string(),
@@ -236,14 +239,19 @@ async fn finish(
 /// The `offboard` job: deactivate the user and mark the offboarding done.
 pub async fn run_job(ctx: &EngineCtx, job: &Job) -> Result<(), JobError> {
     let Some(id) = job.payload.get("offboarding_id").and_then(Value::as_str) else {
-        return Err(JobError::permanent("offboard job without an offboarding_id"));
+        return Err(JobError::permanent(
+            "offboard job without an offboarding_id",
+        ));
     };
     let retry = |e: &dyn std::fmt::Display| JobError::retryable(format!("offboarding {id}: {e}"));
     let Some(o) = store::get(&ctx.db.pool, &job.tenant_id, id)
         .await
         .map_err(|e| retry(&e))?
     else {
-        tracing::warn!(offboarding = id, "offboard job for a missing offboarding; nothing to do");
+        tracing::warn!(
+            offboarding = id,
+            "offboard job for a missing offboarding; nothing to do"
+        );
         return Ok(());
     };
     if o.state != "scheduled" {

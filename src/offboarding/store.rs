@@ -37,11 +37,12 @@ pub async fn find_user<'e, E>(
 where
     E: Executor<'e, Database = sqlx::Any>,
 {
-    let row = sqlx::query("SELECT id, user_name FROM users WHERE tenant_id = $1 AND user_name_ci = $2")
-        .bind(tenant_id)
-        .bind(user_name.to_lowercase())
-        .fetch_optional(ex)
-        .await?;
+    let row =
+        sqlx::query("SELECT id, user_name FROM users WHERE tenant_id = $1 AND user_name_ci = $2")
+            .bind(tenant_id)
+            .bind(user_name.to_lowercase())
+            .fetch_optional(ex)
+            .await?;
     match row {
         Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?))),
         None => Ok(None),
@@ -69,7 +70,11 @@ pub async fn insert(conn: &mut AnyConnection, o: &Offboarding) -> Result<(), sql
     Ok(())
 }
 
-pub async fn get<'e, E>(ex: E, tenant_id: &str, id: &str) -> Result<Option<Offboarding>, sqlx::Error>
+pub async fn get<'e, E>(
+    ex: E,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<Offboarding>, sqlx::Error>
 where
     E: Executor<'e, Database = sqlx::Any>,
 {
@@ -84,7 +89,11 @@ where
 }
 
 /// Newest first, at most `limit`.
-pub async fn list<'e, E>(ex: E, tenant_id: &str, limit: i64) -> Result<Vec<Offboarding>, sqlx::Error>
+pub async fn list<'e, E>(
+    ex: E,
+    tenant_id: &str,
+    limit: i64,
+) -> Result<Vec<Offboarding>, sqlx::Error>
 where
     E: Executor<'e, Database = sqlx::Any>,
 {

@@ -4,6 +4,7 @@
 //!
 //! Not here: comparing the desired state with a factor store or acting on it (`engine/`).
 
+pub mod change;
 pub mod desired;
 pub mod parse;
 pub mod store;

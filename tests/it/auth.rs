@@ -66,9 +66,13 @@ async fn tenants_are_isolated() {
         assert_eq!(other(reqwest::Method::PATCH, &format!("/Users/{id}"), Some(patch(json!([{"op": "replace", "path": "active", "value": false}])))).await.status, 404);
         // the same userName is free in the other tenant
         assert_eq!(other(reqwest::Method::POST, "/Users", Some(user("isolated@example.com"))).await.status, 201);
-        // and a group there cannot reference this tenant's user
+        // a group there that names this tenant's user id resolves to nothing of this tenant
         let r = other(reqwest::Method::POST, "/Groups", Some(json!({"schemas": [GROUP], "displayName": "X", "members": [{"value": id}]}))).await;
-        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(r.status, 201, "{}", r.text);
+        assert!(r.body["members"][0].get("display").is_none_or(|d| d.is_null()), "no display leaks across tenants: {}", r.text);
+        let mine = app.get(&format!("/Users/{id}")).await;
+        let groups: Vec<&str> = mine.body["groups"].as_array().map(|a| a.iter().filter_map(|g| g["value"].as_str()).collect()).unwrap_or_default();
+        assert_eq!(groups, vec![gid.as_str()], "the other tenant's group does not show on this tenant's user");
         assert_eq!(other(reqwest::Method::GET, &format!("/Groups/{gid}"), None).await.status, 404);
         // the first tenant is untouched
         let r = app.get(&format!("/Users/{id}")).await;

@@ -22,14 +22,31 @@ async fn nested_groups_show_indirect_membership() {
 }
 
 #[tokio::test]
-async fn unknown_member_is_refused_and_nothing_is_created() {
+async fn stale_member_id_does_not_block_a_removal_in_the_same_patch() {
     for app in apps().await {
-        let r = app.post("/Groups", &json!({"schemas": [GROUP], "displayName": "Bad", "members": [{"value": "no-such-id"}]})).await;
-        assert_eq!(r.status, 400, "[{}] {}", app.engine, r.text);
-        assert_eq!(r.body["scimType"], "invalidValue");
-        assert!(r.body["detail"].as_str().unwrap().contains("no-such-id"));
-        let r = app.filter("/Groups", "displayName eq \"Bad\"").await;
-        assert_eq!(r.body["totalResults"], 0, "no partial state");
+        let admin = app.create_user("admin-leaver@example.com").await["id"].as_str().unwrap().to_string();
+        let gid = app.create_group("Admins", &[&admin]).await["id"].as_str().unwrap().to_string();
+        // Entra bundles the removal with an add that references an id we do not have.
+        let r = app
+            .patch(
+                &format!("/Groups/{gid}"),
+                &patch(json!([
+                    {"op": "Remove", "path": "members", "value": [{"value": admin}]},
+                    {"op": "Add", "path": "members", "value": [{"value": "stale-id-from-idp"}]}
+                ])),
+            )
+            .await;
+        assert_eq!(r.status, 200, "[{}] {}", app.engine, r.text);
+        let u = app.get(&format!("/Users/{admin}")).await;
+        assert!(u.body.get("groups").is_none_or(|g| g == &json!([])), "[{}] removal applied: {}", app.engine, u.text);
+        let g = app.get(&format!("/Groups/{gid}")).await;
+        assert_eq!(g.body["members"].as_array().unwrap().len(), 1);
+        assert_eq!(g.body["members"][0]["value"], "stale-id-from-idp");
+        assert!(g.body["members"][0].get("display").is_none_or(|d| d.is_null()), "{}", g.text);
+        // a self-containing group is still refused, and nothing of that request is applied
+        let r = app.patch(&format!("/Groups/{gid}"), &patch(json!([{"op": "add", "path": "displayName", "value": "X"}, {"op": "add", "path": "members", "value": [{"value": gid, "type": "Group"}]}]))).await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(app.get(&format!("/Groups/{gid}")).await.body["displayName"], "Admins");
     }
 }
 

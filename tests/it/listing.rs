@@ -100,6 +100,7 @@ async fn cursor_pagination_rfc_9865() {
         assert_eq!(seen, vec!["ann@example.com", "ben@example.com", "cat@example.com", "dan@example.com"], "[{}]", app.engine);
         let r = app.get("/Users?cursor=not-a-real-cursor&count=3").await;
         assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(r.body["scimType"], "invalidCursor");
     }
 }
 
