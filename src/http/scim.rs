@@ -49,6 +49,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/Groups/{id}", web::put().to(groups_replace))
             .route("/Groups/{id}", web::patch().to(groups_patch))
             .route("/Groups/{id}", web::delete().to(groups_delete))
+            // Known paths with a method they do not take: 405, not 404 (RFC 7644 §3.12).
+            .route("/ServiceProviderConfig", web::route().to(method_not_allowed))
+            .route("/ResourceTypes", web::route().to(method_not_allowed))
+            .route("/ResourceTypes/{name}", web::route().to(method_not_allowed))
+            .route("/Schemas", web::route().to(method_not_allowed))
+            .route("/Schemas/{urn}", web::route().to(method_not_allowed))
+            .route("/Users", web::route().to(method_not_allowed))
+            .route("/Users/{id}", web::route().to(method_not_allowed))
+            .route("/Groups", web::route().to(method_not_allowed))
+            .route("/Groups/{id}", web::route().to(method_not_allowed))
+            .route("/Bulk", web::route().to(method_not_allowed))
+            .route("/.search", web::route().to(method_not_allowed))
             .route("/Me", web::route().to(me))
             .route("/Me/{tail:.*}", web::route().to(me))
             .default_service(web::route().to(not_found)),
@@ -521,6 +533,10 @@ async fn me() -> HttpResponse {
         None,
         "/Me is not supported: deprovd is provisioned by identity providers whose tokens do not name a SCIM user",
     ))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    scim_error_response(&ScimError::new(405, None, format!("{} is not supported on {}", req.method(), req.path())))
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {

@@ -69,7 +69,10 @@ async fn tenants_are_isolated() {
         // a group there that names this tenant's user id resolves to nothing of this tenant
         let r = other(reqwest::Method::POST, "/Groups", Some(json!({"schemas": [GROUP], "displayName": "X", "members": [{"value": id}]}))).await;
         assert_eq!(r.status, 201, "{}", r.text);
-        assert!(r.body["members"][0].get("display").is_none_or(|d| d.is_null()), "no display leaks across tenants: {}", r.text);
+        let ogid = r.body["id"].as_str().unwrap().to_string();
+        let r = other(reqwest::Method::GET, &format!("/Groups/{ogid}?attributes=members.display,members.value"), None).await;
+        assert_eq!(r.body["members"][0]["value"], id.as_str(), "{}", r.text);
+        assert!(r.body["members"][0].get("display").is_none(), "no display leaks across tenants: {}", r.text);
         let mine = app.get(&format!("/Users/{id}")).await;
         let groups: Vec<&str> = mine.body["groups"].as_array().map(|a| a.iter().filter_map(|g| g["value"].as_str()).collect()).unwrap_or_default();
         assert_eq!(groups, vec![gid.as_str()], "the other tenant's group does not show on this tenant's user");

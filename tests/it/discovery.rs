@@ -84,3 +84,13 @@ async fn bulk_with_bulk_id_references() {
         assert_eq!(r.status, 413, "{}", r.text);
     }
 }
+
+#[tokio::test]
+async fn wrong_method_on_a_known_path_is_405() {
+    let app = spawn_app("sqlite").await;
+    for (m, p) in [(reqwest::Method::POST, "/ServiceProviderConfig"), (reqwest::Method::DELETE, "/Schemas"), (reqwest::Method::PUT, "/Users"), (reqwest::Method::POST, "/Users/x")] {
+        let r = app.send(m.clone(), p, None, Some(&app.scim_token.clone())).await;
+        assert_eq!(r.status, 405, "{m} {p}: {}", r.text);
+        assert_eq!(r.body["status"], "405");
+    }
+}

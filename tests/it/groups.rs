@@ -26,6 +26,10 @@ async fn stale_member_id_does_not_block_a_removal_in_the_same_patch() {
     for app in apps().await {
         let admin = app.create_user("admin-leaver@example.com").await["id"].as_str().unwrap().to_string();
         let gid = app.create_group("Admins", &[&admin]).await["id"].as_str().unwrap().to_string();
+        let g = app.get(&format!("/Groups/{gid}?attributes=members.value,members.display")).await;
+        assert_eq!(g.body["members"][0]["display"], "admin-leaver@example.com", "[{}] display on request: {}", app.engine, g.text);
+        let g = app.get(&format!("/Groups/{gid}")).await;
+        assert!(g.body["members"][0].get("display").is_none(), "display is returned on request only: {}", g.text);
         // Entra bundles the removal with an add that references an id we do not have.
         let r = app
             .patch(
@@ -39,7 +43,7 @@ async fn stale_member_id_does_not_block_a_removal_in_the_same_patch() {
         assert_eq!(r.status, 200, "[{}] {}", app.engine, r.text);
         let u = app.get(&format!("/Users/{admin}")).await;
         assert!(u.body.get("groups").is_none_or(|g| g == &json!([])), "[{}] removal applied: {}", app.engine, u.text);
-        let g = app.get(&format!("/Groups/{gid}")).await;
+        let g = app.get(&format!("/Groups/{gid}?attributes=members.value,members.display")).await;
         assert_eq!(g.body["members"].as_array().unwrap().len(), 1);
         assert_eq!(g.body["members"][0]["value"], "stale-id-from-idp");
         assert!(g.body["members"][0].get("display").is_none_or(|d| d.is_null()), "{}", g.text);
