@@ -493,3 +493,59 @@ async fn a_directory_deactivation_converges_through_the_queue_within_a_second() 
         );
     }
 }
+
+/// Not a test: a quick look at real-time latency through the directory, the queue and the
+/// built-in store (`cargo test --release --lib -- --ignored engine::tests::latency --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn latency_of_deactivations_through_the_queue() {
+    const N: usize = 300;
+    for f in fixtures().await {
+        let mut ids = Vec::new();
+        for i in 0..N {
+            ids.push(f.user_with_factors(&format!("lat{i}")).await);
+        }
+        let workers = crate::jobs::spawn_workers(f.ctx.clone(), 4);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let f = Arc::new(f);
+        let t0 = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let (f, id) = (f.clone(), id.clone());
+            // ~500 deactivations per second.
+            let start = Duration::from_millis(2 * i as u64);
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(t0 + start)).await;
+                f.set_active(&id, false).await;
+                let answered = std::time::Instant::now();
+                let name = format!("lat{i}");
+                loop {
+                    if f.all(&name, Suspended).await {
+                        return answered.elapsed();
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.push(t.await.unwrap());
+        }
+        let total = t0.elapsed();
+        lat.sort();
+        let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+        eprintln!(
+            "{:?}: {N} deactivations in {total:?} ({:.0}/s); answer→suspended p50 {:?} p99 {:?} max {:?}",
+            f.ctx.db.engine,
+            N as f64 / total.as_secs_f64(),
+            p(0.5),
+            p(0.99),
+            lat[lat.len() - 1]
+        );
+        match Arc::try_unwrap(f) {
+            Ok(f) => drop(f),
+            Err(_) => panic!("fixture still shared"),
+        }
+        workers.shutdown().await;
+    }
+}

@@ -8,6 +8,7 @@ mod discovery;
 mod entra;
 mod groups;
 mod hostile;
+mod lifecycle;
 mod listing;
 mod okta;
 mod users;
