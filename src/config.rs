@@ -29,6 +29,11 @@ pub struct Config {
     pub master_key: Option<String>,
     /// Converge workers per process.
     pub job_workers: usize,
+    /// A converge job that keeps failing is dead-lettered after this many attempts.
+    pub job_max_attempts: i64,
+    /// Retry backoff: full jitter, doubling from `base` up to `cap`.
+    pub job_backoff_base: std::time::Duration,
+    pub job_backoff_cap: std::time::Duration,
     /// Per-tenant policy files loaded at start (tenant name → path).
     pub policies: BTreeMap<String, PathBuf>,
     /// Trust `X-Forwarded-For` from these proxy addresses for the client IP (audit, rate limits).
@@ -46,6 +51,9 @@ struct FileConfig {
     log: Option<String>,
     master_key: Option<String>,
     job_workers: Option<usize>,
+    job_max_attempts: Option<i64>,
+    job_backoff_base_ms: Option<u64>,
+    job_backoff_cap_ms: Option<u64>,
     #[serde(default)]
     policies: BTreeMap<String, PathBuf>,
     #[serde(default)]
@@ -118,6 +126,20 @@ impl Config {
             return Err(ConfigError("job_workers must be between 1 and 256".into()));
         }
 
+        let number = |key: &str, file_val: Option<u64>, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+            let v = match env.get(key) {
+                Some(v) => v.parse().map_err(|_| ConfigError(format!("{key}={v:?} is not a whole number")))?,
+                None => file_val.unwrap_or(default),
+            };
+            if v < min || v > max {
+                return Err(ConfigError(format!("{key} must be between {min} and {max} (got {v})")));
+            }
+            Ok(v)
+        };
+        let job_max_attempts = number("DEPROVD_JOB_MAX_ATTEMPTS", file.job_max_attempts.map(|v| v.max(0) as u64), 8, 1, 1000)? as i64;
+        let job_backoff_base = std::time::Duration::from_millis(number("DEPROVD_JOB_BACKOFF_BASE_MS", file.job_backoff_base_ms, 200, 1, 3_600_000)?);
+        let job_backoff_cap = std::time::Duration::from_millis(number("DEPROVD_JOB_BACKOFF_CAP_MS", file.job_backoff_cap_ms, 300_000, 1, 86_400_000)?);
+
         let base = sources.file.as_deref().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
         let policies = file
             .policies
@@ -137,7 +159,19 @@ impl Config {
             trusted_proxies.push(p.parse().map_err(|_| ConfigError(format!("trusted proxy {p:?} is not an IP address")))?);
         }
 
-        Ok(Config { database_url, listen, public_url, log, master_key, job_workers, policies, trusted_proxies })
+        Ok(Config {
+            database_url,
+            listen,
+            public_url,
+            log,
+            master_key,
+            job_workers,
+            job_max_attempts,
+            job_backoff_base,
+            job_backoff_cap,
+            policies,
+            trusted_proxies,
+        })
     }
 }
 

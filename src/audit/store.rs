@@ -15,70 +15,117 @@ const PAGE: i64 = 1000;
 const COLUMNS: &str = "tenant_id, seq, id, at, kind, actor_kind, actor_id, actor_name, client_ip, \
                        request_id, subject, detail, prev_hash, hash";
 
-/// Appends one entry and moves the chain head; returns the new entry's (seq, hash).
-pub(crate) async fn append(
+/// Entries written per INSERT statement (14 parameters each).
+const INSERT_CHUNK: usize = 32;
+
+/// Appends entries, in order, and moves the chain head once per chunk; returns the last new
+/// entry's (seq, hash), or None when `entries` is empty.
+pub(crate) async fn append_many(
     conn: &mut AnyConnection,
     tenant_id: &str,
-    entry: &AuditEntry,
+    entries: &[AuditEntry],
+) -> Result<Option<(i64, String)>, sqlx::Error> {
+    let mut last = None;
+    for chunk in entries.chunks(INSERT_CHUNK) {
+        last = Some(append_chunk(conn, tenant_id, chunk).await?);
+    }
+    Ok(last)
+}
+
+async fn append_chunk(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    entries: &[AuditEntry],
 ) -> Result<(i64, String), sqlx::Error> {
-    // Insert-or-bump the head in one statement: the first entry gets seq 1 and prev GENESIS; later
-    // ones get head.seq + 1 and the head's (still old) hash. On PostgreSQL the upsert holds the
-    // head row's lock until commit, which is what serialises appends to one tenant's chain.
+    let n = entries.len() as i64;
+    // Reserve n seqs in one statement: a new chain's head is inserted at seq n with prev
+    // GENESIS; an existing one moves from s to s + n and returns its (still old) hash. On
+    // PostgreSQL the upsert holds the head row's lock until commit, which is what serialises
+    // appends to one tenant's chain.
     let head = sqlx::query(
-        "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ($1, 1, $2) \
-         ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_heads.seq + 1 \
+        "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ($1, $3, $2) \
+         ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_heads.seq + $3 \
          RETURNING seq, hash",
     )
     .bind(tenant_id)
     .bind(GENESIS)
+    .bind(n)
     .fetch_one(&mut *conn)
     .await?;
-    let seq: i64 = head.try_get("seq")?;
-    let prev_hash: String = head.try_get("hash")?;
-
+    let last_seq: i64 = head.try_get("seq")?;
+    let mut prev_hash: String = head.try_get("hash")?;
     let at = now_ts();
-    let detail = serde_json::to_string(&entry.detail).unwrap_or_else(|_| "null".into());
-    let hash = super::entry_hash(&HashInput {
-        tenant_id,
-        seq,
-        at: &at,
-        kind: &entry.kind,
-        actor_kind: &entry.actor.kind,
-        actor_id: &entry.actor.id,
-        actor_name: &entry.actor.name,
-        client_ip: entry.actor.client_ip.as_deref(),
-        request_id: entry.actor.request_id.as_deref(),
-        subject: entry.subject.as_deref(),
-        detail: &detail,
-        prev_hash: &prev_hash,
-    });
-    sqlx::query(
+
+    struct Row {
+        seq: i64,
+        detail: String,
+        prev_hash: String,
+        hash: String,
+    }
+    let mut rows = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let seq = last_seq - n + 1 + i as i64;
+        let detail = serde_json::to_string(&entry.detail).unwrap_or_else(|_| "null".into());
+        let hash = super::entry_hash(&HashInput {
+            tenant_id,
+            seq,
+            at: &at,
+            kind: &entry.kind,
+            actor_kind: &entry.actor.kind,
+            actor_id: &entry.actor.id,
+            actor_name: &entry.actor.name,
+            client_ip: entry.actor.client_ip.as_deref(),
+            request_id: entry.actor.request_id.as_deref(),
+            subject: entry.subject.as_deref(),
+            detail: &detail,
+            prev_hash: &prev_hash,
+        });
+        rows.push(Row {
+            seq,
+            detail,
+            prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
+            hash,
+        });
+    }
+    let mut sql = String::from(
         "INSERT INTO audit_log (tenant_id, seq, id, at, kind, actor_kind, actor_id, actor_name, \
-         client_ip, request_id, subject, detail, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-    )
-    .bind(tenant_id)
-    .bind(seq)
-    .bind(uuid::Uuid::new_v4().to_string())
-    .bind(&at)
-    .bind(&entry.kind)
-    .bind(&entry.actor.kind)
-    .bind(&entry.actor.id)
-    .bind(&entry.actor.name)
-    .bind(entry.actor.client_ip.clone())
-    .bind(entry.actor.request_id.clone())
-    .bind(entry.subject.clone())
-    .bind(&detail)
-    .bind(&prev_hash)
-    .bind(&hash)
-    .execute(&mut *conn)
-    .await?;
+         client_ip, request_id, subject, detail, prev_hash, hash) VALUES ",
+    );
+    for i in 0..rows.len() {
+        let b = i * 14;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let params: Vec<String> = (1..=14).map(|k| format!("${}", b + k)).collect();
+        sql.push('(');
+        sql.push_str(&params.join(", "));
+        sql.push(')');
+    }
+    let mut q = sqlx::query(&sql);
+    for (row, entry) in rows.iter().zip(entries) {
+        q = q
+            .bind(tenant_id)
+            .bind(row.seq)
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(&at)
+            .bind(&entry.kind)
+            .bind(&entry.actor.kind)
+            .bind(&entry.actor.id)
+            .bind(&entry.actor.name)
+            .bind(entry.actor.client_ip.clone())
+            .bind(entry.actor.request_id.clone())
+            .bind(entry.subject.clone())
+            .bind(&row.detail)
+            .bind(&row.prev_hash)
+            .bind(&row.hash);
+    }
+    q.execute(&mut *conn).await?;
     sqlx::query("UPDATE audit_heads SET hash = $2 WHERE tenant_id = $1")
         .bind(tenant_id)
-        .bind(&hash)
+        .bind(&prev_hash)
         .execute(&mut *conn)
         .await?;
-    Ok((seq, hash))
+    Ok((last_seq, prev_hash))
 }
 
 fn record(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {

@@ -382,3 +382,53 @@ fn canonical_encoding_is_injective_across_field_boundaries() {
     let bytes = canonical_bytes(&base);
     assert!(bytes.starts_with(b"deprovd.audit.v1\x01\x00\x00\x00\x00\x00\x00\x00\x01t"));
 }
+
+#[tokio::test]
+async fn batched_appends_span_chunks_and_interleave_with_single_ones() {
+    for db in fresh_dbs().await {
+        add(&db, "m", entry("one", None, 0)).await;
+        let batch: Vec<AuditEntry> = (1..=70).map(|i| entry("many", Some("u"), i)).collect();
+        db.write(move |c: &mut AnyConnection| {
+            Box::pin(async move {
+                append_many(c, "m", &batch).await?;
+                append_many(c, "m", &[]).await?;
+                Ok::<_, StoreError>(())
+            })
+        })
+        .await
+        .unwrap();
+        add(&db, "m", entry("two", None, 71)).await;
+        let r = verify(&db, Some("m")).await.unwrap();
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.entries, 72);
+        let rows = list(&db, "m", &ListFilter::default(), 1000, None)
+            .await
+            .unwrap();
+        let ns: Vec<i64> = rows
+            .iter()
+            .map(|r| r.detail["n"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            ns,
+            (0..=71).collect::<Vec<_>>(),
+            "chain order is append order"
+        );
+        assert_eq!(store::chain_head(&db, "m").await.unwrap().unwrap().0, 72);
+        // A fresh chain can start with a batch.
+        let batch: Vec<AuditEntry> = (0..3).map(|i| entry("x", None, i)).collect();
+        db.write(move |c: &mut AnyConnection| {
+            Box::pin(async move { Ok::<_, StoreError>(append_many(c, "fresh", &batch).await?) })
+        })
+        .await
+        .unwrap();
+        let rows = list(&db, "fresh", &ListFilter::default(), 10, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(rows[0].prev_hash, GENESIS);
+        assert!(verify(&db, None).await.unwrap().ok);
+    }
+}

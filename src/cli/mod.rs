@@ -11,6 +11,7 @@ pub mod policy;
 pub mod serve;
 pub mod tenant;
 pub mod token;
+pub mod webhooks;
 
 use std::path::PathBuf;
 
@@ -73,6 +74,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: guard::GuardCmd,
     },
+    /// Manage webhook subscriptions (signed, durable event delivery).
+    Webhooks {
+        #[command(subcommand)]
+        cmd: webhooks::WebhooksCmd,
+    },
 }
 
 /// Runs the verb and returns the process exit code.
@@ -103,6 +109,10 @@ pub async fn run(cli: Cli) -> i32 {
                 Command::Audit { cmd } => audit::run(&db, cmd).await,
                 Command::Jobs { cmd } => jobs::run(&db, cmd).await,
                 Command::Guard { cmd } => guard::run(&db, cmd).await,
+                Command::Webhooks { cmd } => match master_key(&config, &db).await {
+                    Ok(key) => webhooks::run(&db, key, cmd).await.map(|()| 0),
+                    Err(e) => Err(e),
+                },
                 Command::Serve => unreachable_serve(),
             },
             Err(e) => Err(e),

@@ -118,7 +118,10 @@ impl Background {
 }
 
 pub fn start_background(state: &AppState) -> Background {
-    let ctx = crate::engine::EngineCtx::new(state.db.clone(), state.master_key.clone());
+    let mut ctx = crate::engine::EngineCtx::new(state.db.clone(), state.master_key.clone());
+    ctx.jobs.max_attempts = state.config.job_max_attempts;
+    ctx.jobs.backoff_base = state.config.job_backoff_base;
+    ctx.jobs.backoff_cap = state.config.job_backoff_cap;
     let workers = crate::jobs::worker::spawn_workers(ctx, state.config.job_workers);
     let delivery = crate::notify::worker::spawn_delivery(state.db.clone(), state.master_key.clone(), Default::default());
     Background { workers, delivery }

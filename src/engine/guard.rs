@@ -22,7 +22,7 @@ use sqlx::AnyConnection;
 use super::store::{self, GuardRow, QuarantineEntry};
 use crate::audit::{self, AuditActor, AuditEntry};
 use crate::policy::GuardRule;
-use crate::store::{ts_from, Db, Engine, StoreError};
+use crate::store::{ts_from, Db, StoreError};
 
 /// The sliding window.
 pub const WINDOW_MINUTES: i64 = 15;
@@ -74,7 +74,6 @@ fn window_start(row: &GuardRow, now: DateTime<Utc>) -> String {
 #[allow(clippy::too_many_arguments)]
 pub async fn check(
     conn: &mut AnyConnection,
-    engine: Engine,
     tenant_id: &str,
     user_id: &str,
     destructive: usize,
@@ -82,7 +81,7 @@ pub async fn check(
     bypass: bool,
     now: DateTime<Utc>,
 ) -> Result<Verdict, sqlx::Error> {
-    let row = store::lock_guard(conn, engine, tenant_id).await?;
+    let row = store::lock_guard(conn, tenant_id).await?;
     // Prune the window table now and then (rows older than a day count for nothing).
     let prune = (rand::random::<u8>() < 3).then(|| ts_from(now - Duration::days(1)));
     let n = destructive as i64;
@@ -101,7 +100,14 @@ pub async fn check(
     let since = window_start(&row, now);
     let (count, counted) = store::window_users(conn, tenant_id, &since, user_id).await?;
     if !counted {
-        let active = store::count_active_users(conn, tenant_id).await?;
+        // The percentage base costs a count over the tenant's users: only read it when the
+        // percentage bound can apply.
+        let floor = i64::try_from(rule.percent_applies_above).unwrap_or(i64::MAX);
+        let active = if count + 1 > floor {
+            store::count_active_users(conn, tenant_id).await?
+        } else {
+            0
+        };
         if let Some(reason) = exceeds(count + 1, active + count, rule) {
             store::set_tripped(conn, tenant_id, &reason).await?;
             return Ok(Verdict::Quarantine {
@@ -159,11 +165,10 @@ pub async fn release(
     tenant_id: &str,
     actor: AuditActor,
 ) -> Result<Resolution, StoreError> {
-    let engine = db.engine;
     let tenant = tenant_id.to_string();
     db.write(move |conn: &mut AnyConnection| {
         Box::pin(async move {
-            let row = store::lock_guard(conn, engine, &tenant).await?;
+            let row = store::lock_guard(conn, &tenant).await?;
             let held = store::held_quarantine(conn, &tenant).await?;
             store::mark_released(conn, &tenant).await?;
             for q in &held {
@@ -203,11 +208,10 @@ pub async fn discard(
     tenant_id: &str,
     actor: AuditActor,
 ) -> Result<Resolution, StoreError> {
-    let engine = db.engine;
     let tenant = tenant_id.to_string();
     db.write(move |conn: &mut AnyConnection| {
         Box::pin(async move {
-            let row = store::lock_guard(conn, engine, &tenant).await?;
+            let row = store::lock_guard(conn, &tenant).await?;
             let held = store::held_quarantine(conn, &tenant).await?;
             store::delete_held(conn, &tenant).await?;
             store::reset_guard(conn, &tenant).await?;

@@ -27,7 +27,7 @@ use sqlx::AnyConnection;
 use crate::audit::{self, AuditActor, AuditEntry};
 use crate::directory::Directory;
 use crate::factors::{self, FactorError, FactorStore, FactorType, MasterKey};
-use crate::jobs::{self, Job, JobError, JobsConfig};
+use crate::jobs::{self, Finished, Job, JobError, JobsConfig};
 use crate::notify::{self, events};
 use crate::policy::{self, desired_state, DesiredState, Lifecycle, Policy, RequireRule, UserFacts};
 use crate::store::{ts_from, Db, StoreError};
@@ -131,6 +131,9 @@ pub struct ConvergeOptions {
     /// Record the policy decision even when nothing is to be done (evidence that a SCIM
     /// deactivation was looked at). Otherwise only decisions with actions are recorded.
     pub record_noop: bool,
+    /// The job this converge runs for, as (job id, worker id): converge marks it done in its
+    /// last transaction when nothing failed.
+    pub job: Option<(String, String)>,
 }
 
 impl Default for ConvergeOptions {
@@ -138,6 +141,7 @@ impl Default for ConvergeOptions {
         ConvergeOptions {
             trigger: "manual".into(),
             record_noop: true,
+            job: None,
         }
     }
 }
@@ -159,6 +163,7 @@ impl ConvergeOptions {
         ConvergeOptions {
             trigger: trigger.to_string(),
             record_noop,
+            job: None,
         }
     }
 }
@@ -190,6 +195,9 @@ pub struct ConvergeOutcome {
     pub tripped_guard: bool,
     /// When the follow-up converge is due (revoke_after, a requirement deadline).
     pub next_due: Option<String>,
+    /// The job (`ConvergeOptions::job`) was marked done by this converge.
+    #[serde(skip)]
+    pub job_completed: bool,
 }
 
 /// A user with everything converge reads about them.
@@ -217,8 +225,17 @@ pub async fn load_user(
     user_id: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<UserView>, ConvergeError> {
-    if let Some(u) = ctx.directory.get_user(tenant, user_id).await? {
-        let groups = ctx.directory.user_groups(tenant, user_id).await?;
+    // Three independent reads at once: the real-time path waits for the slowest, not the sum.
+    let (user, groups, deactivated) = tokio::try_join!(
+        async { Ok::<_, ConvergeError>(ctx.directory.get_user(tenant, user_id).await?) },
+        async { Ok::<_, ConvergeError>(ctx.directory.user_groups(tenant, user_id).await?) },
+        async {
+            Ok::<_, ConvergeError>(
+                store::last_lifecycle(&ctx.db.pool, tenant, user_id, "deactivated").await?,
+            )
+        },
+    )?;
+    if let Some(u) = user {
         let mut resource = u.resource;
         if let Value::Object(map) = &mut resource {
             map.insert("id".into(), Value::String(u.id.clone()));
@@ -241,12 +258,11 @@ pub async fn load_user(
         let lifecycle = if active {
             Lifecycle::Active
         } else {
-            let since =
-                match store::last_lifecycle(&ctx.db.pool, tenant, user_id, "deactivated").await? {
-                    Some((at, _)) => parse_time(&at, now),
-                    // Created inactive: inactive since it was last written.
-                    None => parse_time(&u.last_modified, now),
-                };
+            let since = match deactivated {
+                Some((at, _)) => parse_time(&at, now),
+                // Created inactive: inactive since it was last written.
+                None => parse_time(&u.last_modified, now),
+            };
             Lifecycle::Deactivated { since }
         };
         return Ok(Some(UserView {
@@ -294,6 +310,8 @@ pub struct UserPlan {
     pub observed: Option<Observed>,
     pub actions: Vec<Action>,
     pub next_due: Option<DateTime<Utc>>,
+    /// The guard holds (or held, and released) actions of this user.
+    pub quarantined: bool,
     /// Bookkeeping rows as they were read (rule key → row).
     existing_rows: HashMap<String, store::EnforcementRow>,
 }
@@ -311,10 +329,32 @@ pub async fn plan_user(
         return Ok(None);
     };
     let link_key = factors::link_key(&user.resource, policy.link_by);
-    let rows = store::load_enforcement(&ctx.db.pool, tenant, user_id).await?;
+    let fstore = ctx.factor_store(tenant);
+    let (rows, held, listed) = tokio::try_join!(
+        async {
+            Ok::<_, ConvergeError>(store::load_enforcement(&ctx.db.pool, tenant, user_id).await?)
+        },
+        async {
+            Ok::<_, ConvergeError>(
+                !store::list_quarantine_user(&ctx.db, tenant, user_id)
+                    .await?
+                    .is_empty(),
+            )
+        },
+        async {
+            let Some(key) = link_key.as_deref() else {
+                return Ok(None);
+            };
+            let (factor_list, sessions) = tokio::try_join!(
+                timed(fstore.list_factors(tenant, key)),
+                timed(fstore.list_sessions(tenant, key)),
+            )?;
+            Ok::<_, ConvergeError>(Some((factor_list, sessions)))
+        },
+    )?;
     let existing_rows: HashMap<String, store::EnforcementRow> =
         rows.into_iter().map(|r| (r.rule_key.clone(), r)).collect();
-    let Some(key) = link_key.clone() else {
+    let Some((factor_list, sessions)) = listed else {
         return Ok(Some(UserPlan {
             user,
             link_key: None,
@@ -322,12 +362,10 @@ pub async fn plan_user(
             observed: None,
             actions: Vec::new(),
             next_due: None,
+            quarantined: held,
             existing_rows,
         }));
     };
-    let fstore = ctx.factor_store(tenant);
-    let factor_list = timed(fstore.list_factors(tenant, &key)).await?;
-    let sessions = timed(fstore.list_sessions(tenant, &key)).await?;
 
     let mut requirement_since = HashMap::new();
     let mut requirements = HashMap::new();
@@ -364,11 +402,12 @@ pub async fn plan_user(
     let next_due = plan::next_due(&desired, &observed, now);
     Ok(Some(UserPlan {
         user,
-        link_key: Some(key),
+        link_key,
         desired: Some(desired),
         observed: Some(observed),
         actions,
         next_due,
+        quarantined: held,
         existing_rows,
     }))
 }
@@ -467,7 +506,31 @@ fn enforcement_rows(
     out
 }
 
+/// The bookkeeping writes that take the stored rows to `rows`: (rows to upsert, keys to delete).
+fn bookkeeping(
+    up: &UserPlan,
+    rows: Vec<store::EnforcementRow>,
+) -> (Vec<store::EnforcementRow>, Vec<String>) {
+    let stale: Vec<String> = up
+        .existing_rows
+        .keys()
+        .filter(|k| !rows.iter().any(|r| &r.rule_key == *k))
+        .cloned()
+        .collect();
+    let changed = rows
+        .into_iter()
+        .filter(|r| up.existing_rows.get(&r.rule_key) != Some(r))
+        .collect();
+    (changed, stale)
+}
+
 /// Converges one user: plan → guard → execute → record. See the module doc.
+///
+/// Writes: one decision transaction before acting (the decision's audit entry, the guard's count
+/// or quarantine, the follow-up job), then the actions (concurrently, through the factor store),
+/// then one outcome transaction (an audit entry per action, webhook events, the enforcement
+/// bookkeeping). With `opts.job` set, the job is marked done in the last of these, so the worker
+/// has nothing left to write.
 pub async fn converge_with(
     ctx: &EngineCtx,
     tenant: &str,
@@ -475,6 +538,7 @@ pub async fn converge_with(
     opts: &ConvergeOptions,
 ) -> Result<ConvergeOutcome, ConvergeError> {
     let now = Utc::now();
+    let t_start = std::time::Instant::now();
     let (policy, version) = policy::current_policy(&ctx.db, tenant)
         .await
         .map_err(|e| match e {
@@ -491,6 +555,7 @@ pub async fn converge_with(
         tracing::debug!(tenant, user_id, "converge: no such user");
         return Ok(outcome);
     };
+    let t_plan = t_start.elapsed();
     outcome.found = true;
     outcome.link_key = up.link_key.clone();
     outcome.planned = up.actions.clone();
@@ -503,19 +568,11 @@ pub async fn converge_with(
         .filter(|a| a.is_destructive())
         .cloned()
         .collect();
-    let rows_before: Vec<&store::EnforcementRow> = up.existing_rows.values().collect();
-    let rows_after = enforcement_rows(&policy, &up, &[], now);
-    let bookkeeping_changes = rows_after.len() != rows_before.len()
-        || rows_after
-            .iter()
-            .any(|r| up.existing_rows.get(&r.rule_key) != Some(r));
 
-    // 1. The decision: audit, guard, quarantine, follow-up — one transaction, before acting.
-    let has_quarantine = !store::list_quarantine_user(&ctx.db, tenant, user_id)
-        .await?
-        .is_empty();
+    // 1. The decision, before acting: audit entry, guard, quarantine, follow-up.
     let must_record = !up.actions.is_empty() || opts.record_noop;
-    let verdict = if must_record || up.next_due.is_some() || has_quarantine {
+    let mut verdict = guard::Verdict::Execute;
+    if must_record || up.next_due.is_some() || up.quarantined {
         let decision = json!({
             "trigger": opts.trigger,
             "policy": {
@@ -529,48 +586,46 @@ pub async fn converge_with(
             "plan": up.actions,
             "next_due": outcome.next_due,
         });
-        let (engine, t, u) = (ctx.db.engine, tenant.to_string(), user_id.to_string());
-        let actions = up.actions.clone();
-        let destructive = destructive.clone();
-        let guard_rule = policy.guard.clone();
-        let due = outcome.next_due.clone();
-        ctx.db
-            .write(move |conn: &mut AnyConnection| {
-                Box::pin(async move {
-                    decide(
-                        conn,
-                        engine,
-                        &t,
-                        &u,
-                        decision,
-                        must_record,
-                        audit_only,
-                        &actions,
-                        &destructive,
-                        &guard_rule,
-                        due.as_deref(),
-                        now,
-                    )
-                    .await
-                })
-            })
-            .await?
-    } else {
-        guard::Verdict::Execute
-    };
+        // Audit-only bookkeeping (when a requirement started to apply) rides along here.
+        let early_rows = if audit_only {
+            bookkeeping(&up, enforcement_rows(&policy, &up, &[], now))
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let d = Decision {
+            tenant: tenant.to_string(),
+            user_id: user_id.to_string(),
+            decision,
+            record: must_record,
+            audit_only,
+            actions: up.actions.clone(),
+            destructive: destructive.clone(),
+            guard_rule: policy.guard.clone(),
+            due: outcome.next_due.clone(),
+            job: opts.job.clone(),
+            rows: early_rows,
+            quarantined: up.quarantined,
+            now,
+        };
+        let (v, completed) = ctx
+            .db
+            .write(move |conn: &mut AnyConnection| Box::pin(async move { decide(conn, d).await }))
+            .await?;
+        verdict = v;
+        outcome.job_completed = completed;
+    }
+    let t_decide = t_start.elapsed();
+    let quarantined = matches!(verdict, guard::Verdict::Quarantine { .. });
     if let guard::Verdict::Quarantine { tripped_now, .. } = &verdict {
         outcome.quarantined = destructive.clone();
         outcome.tripped_guard = *tripped_now;
     }
     if audit_only {
-        if bookkeeping_changes {
-            write_outcomes(ctx, tenant, user_id, &up, Vec::new(), rows_after).await?;
-        }
         return Ok(outcome);
     }
 
-    // 2. Execute, one action at a time, through the tenant's factor store.
-    let quarantined = matches!(verdict, guard::Verdict::Quarantine { .. });
+    // 2. Execute through the tenant's factor store, the actions side by side (each is
+    //    idempotent and about a different factor, or the sessions, or the requirement).
     let to_run: Vec<Action> = up
         .actions
         .iter()
@@ -578,12 +633,13 @@ pub async fn converge_with(
         .cloned()
         .collect();
     let mut results: Vec<(Action, Result<Value, FactorError>)> = Vec::new();
-    if let Some(key) = &up.link_key {
+    if let (Some(key), false) = (&up.link_key, to_run.is_empty()) {
         let fstore = ctx.factor_store(tenant);
-        for a in to_run {
-            let r = execute(fstore.as_ref(), tenant, key, &a).await;
-            results.push((a, r));
-        }
+        let runs = to_run
+            .iter()
+            .map(|a| execute(fstore.as_ref(), tenant, key, a));
+        let done = futures_util::future::join_all(runs).await;
+        results = to_run.into_iter().zip(done).collect();
     }
     for (a, r) in &results {
         match r {
@@ -596,16 +652,22 @@ pub async fn converge_with(
         }
     }
 
+    let t_exec = t_start.elapsed();
     // 3. Record the outcomes (and the enforcement bookkeeping they change).
-    let rows_after = enforcement_rows(&policy, &up, &outcome.executed, now);
-    let bookkeeping_changes = rows_after.len() != rows_before.len()
-        || rows_after
-            .iter()
-            .any(|r| up.existing_rows.get(&r.rule_key) != Some(r));
-    if !results.is_empty() || bookkeeping_changes {
-        write_outcomes(ctx, tenant, user_id, &up, results, rows_after).await?;
+    let (rows, stale) = bookkeeping(&up, enforcement_rows(&policy, &up, &outcome.executed, now));
+    if !results.is_empty() || !rows.is_empty() || !stale.is_empty() {
+        // A job is done only when nothing failed; otherwise the worker backs it off.
+        let job = if outcome.failed.is_empty() && !outcome.job_completed {
+            opts.job.clone()
+        } else {
+            None
+        };
+        let completed =
+            write_outcomes(ctx, tenant, user_id, &up, results, rows, stale, job).await?;
+        outcome.job_completed |= completed;
     }
 
+    TIMINGS.lock().unwrap().push([t_plan, t_decide, t_exec, t_start.elapsed()]);
     if !outcome.failed.is_empty() {
         let retryable = outcome.failed.iter().any(|f| f.retryable);
         let msg: Vec<String> = outcome
@@ -625,63 +687,80 @@ pub async fn converge_with(
     Ok(outcome)
 }
 
-/// The decision transaction of a converge. Returns the guard's verdict.
-#[allow(clippy::too_many_arguments)]
-async fn decide(
-    conn: &mut AnyConnection,
-    engine: crate::store::Engine,
-    tenant: &str,
-    user_id: &str,
+pub static TIMINGS: std::sync::Mutex<Vec<[Duration; 4]>> = std::sync::Mutex::new(Vec::new());
+
+/// What the decision transaction needs.
+struct Decision {
+    tenant: String,
+    user_id: String,
     decision: Value,
+    /// Append the decision's audit entry.
     record: bool,
     audit_only: bool,
-    actions: &[Action],
-    destructive: &[Action],
-    guard_rule: &policy::GuardRule,
-    due: Option<&str>,
+    actions: Vec<Action>,
+    destructive: Vec<Action>,
+    guard_rule: policy::GuardRule,
+    due: Option<String>,
+    /// (job id, worker id): marked done here when nothing is left to execute.
+    job: Option<(String, String)>,
+    /// Enforcement rows to upsert and keys to delete.
+    rows: (Vec<store::EnforcementRow>, Vec<String>),
+    /// Planning saw a quarantine entry for the user.
+    quarantined: bool,
     now: DateTime<Utc>,
-) -> Result<guard::Verdict, StoreError> {
-    let held = store::get_quarantine(conn, tenant, user_id).await?;
+}
+
+/// The decision transaction of a converge. Returns the guard's verdict and whether it marked
+/// the job done.
+async fn decide(
+    conn: &mut AnyConnection,
+    d: Decision,
+) -> Result<(guard::Verdict, bool), StoreError> {
+    let (tenant, user_id) = (d.tenant.as_str(), d.user_id.as_str());
+    // Read only when planning saw an entry (the user's jobs never run concurrently).
+    let held = if d.quarantined {
+        store::get_quarantine(conn, tenant, user_id).await?
+    } else {
+        None
+    };
     let bypass = held.as_ref().is_some_and(|q| q.released.is_some());
     let mut verdict = guard::Verdict::Execute;
-    if !audit_only && !destructive.is_empty() {
+    if !d.audit_only && !d.destructive.is_empty() {
         verdict = guard::check(
             conn,
-            engine,
             tenant,
             user_id,
-            destructive.len(),
-            guard_rule,
+            d.destructive.len(),
+            &d.guard_rule,
             bypass,
-            now,
+            d.now,
         )
         .await?;
     }
-    if record {
-        audit::append(
-            conn,
-            tenant,
-            AuditEntry::new(
-                audit::kinds::POLICY_DECISION,
-                system_actor(),
-                Some(user_id),
-                decision,
-            ),
-        )
-        .await?;
+    // Audit entries are appended last, in one go: on PostgreSQL the chain head stays locked
+    // from the append until commit, and every write of the tenant waits on it.
+    let mut entries = Vec::new();
+    if d.record {
+        entries.push(AuditEntry::new(
+            audit::kinds::POLICY_DECISION,
+            system_actor(),
+            Some(user_id),
+            d.decision,
+        ));
     }
-    match &verdict {
+    let quarantined = match &verdict {
         guard::Verdict::Execute => {
             // Whatever was held for this user is superseded by this converge's plan.
-            if held.is_some() && !audit_only {
+            if held.is_some() && !d.audit_only {
                 store::delete_quarantine(conn, tenant, user_id).await?;
             }
+            false
         }
         guard::Verdict::Quarantine {
             tripped_now,
             reason,
         } => {
-            let held_actions = serde_json::to_value(destructive).unwrap_or(Value::Null);
+            let held_actions = serde_json::to_value(&d.destructive).unwrap_or(Value::Null);
             let qid = store::upsert_quarantine(conn, tenant, user_id, &held_actions).await?;
             if *tripped_now {
                 tracing::error!(
@@ -690,51 +769,53 @@ async fn decide(
                      admin releases or discards them (deprovd guard status --tenant …)"
                 );
                 let detail = json!({ "reason": reason, "user_id": user_id });
-                audit::append(
-                    conn,
-                    tenant,
-                    AuditEntry::new(
-                        audit::kinds::GUARD_TRIPPED,
-                        system_actor(),
-                        None,
-                        detail.clone(),
-                    ),
-                )
-                .await?;
-                notify::enqueue_event(conn, tenant, events::GUARD_TRIPPED, None, detail).await?;
+                notify::enqueue_event(conn, tenant, events::GUARD_TRIPPED, None, detail.clone())
+                    .await?;
+                entries.push(AuditEntry::new(
+                    audit::kinds::GUARD_TRIPPED,
+                    system_actor(),
+                    None,
+                    detail,
+                ));
             }
-            audit::append(
-                conn,
-                tenant,
-                AuditEntry::new(
-                    audit::kinds::ACTION_QUARANTINED,
-                    system_actor(),
-                    Some(user_id),
-                    json!({ "quarantine_id": qid, "actions": held_actions, "reason": reason }),
-                ),
-            )
-            .await?;
+            entries.push(AuditEntry::new(
+                audit::kinds::ACTION_QUARANTINED,
+                system_actor(),
+                Some(user_id),
+                json!({ "quarantine_id": qid, "actions": held_actions, "reason": reason }),
+            ));
+            true
+        }
+    };
+    if d.audit_only {
+        for a in &d.actions {
+            entries.push(AuditEntry::new(
+                audit::kinds::ACTION_WOULD_EXECUTE,
+                system_actor(),
+                Some(user_id),
+                json!({ "action": a, "mode": "audit-only" }),
+            ));
         }
     }
-    if audit_only {
-        for a in actions {
-            audit::append(
-                conn,
-                tenant,
-                AuditEntry::new(
-                    audit::kinds::ACTION_WOULD_EXECUTE,
-                    system_actor(),
-                    Some(user_id),
-                    json!({ "action": a, "mode": "audit-only" }),
-                ),
-            )
-            .await?;
-        }
+    let (rows, stale) = &d.rows;
+    for row in rows {
+        store::upsert_enforcement(conn, tenant, user_id, row).await?;
     }
-    if let Some(due) = due {
+    for key in stale {
+        store::delete_enforcement(conn, tenant, user_id, key).await?;
+    }
+    if let Some(due) = &d.due {
         jobs::enqueue_converge(conn, tenant, user_id, "scheduled", Some(due)).await?;
     }
-    Ok(verdict)
+    let nothing_left = d.audit_only
+        || d.actions.is_empty()
+        || (quarantined && d.actions.iter().all(Action::is_destructive));
+    let mut completed = false;
+    if let (Some((job_id, worker)), true) = (&d.job, nothing_left) {
+        completed = jobs::store::complete_in_tx(conn, job_id, worker).await?;
+    }
+    audit::append_many(conn, tenant, &entries).await?;
+    Ok((verdict, completed))
 }
 
 /// Runs one action through the factor store; the JSON says what it did.
@@ -780,8 +861,10 @@ fn event_for(action: &Action) -> Option<&'static str> {
     }
 }
 
-/// The outcome transaction: an audit entry per action (and a webhook event per success), and
-/// the enforcement bookkeeping.
+/// The outcome transaction: an audit entry per action (and a webhook event per success), the
+/// enforcement bookkeeping, and (when `job` is given) the job's completion. Returns whether it
+/// marked the job done.
+#[allow(clippy::too_many_arguments)]
 async fn write_outcomes(
     ctx: &EngineCtx,
     tenant: &str,
@@ -789,38 +872,19 @@ async fn write_outcomes(
     up: &UserPlan,
     results: Vec<(Action, Result<Value, FactorError>)>,
     rows: Vec<store::EnforcementRow>,
-) -> Result<(), ConvergeError> {
+    stale: Vec<String>,
+    job: Option<(String, String)>,
+) -> Result<bool, ConvergeError> {
     let (t, u) = (tenant.to_string(), user_id.to_string());
     let link_key = up.link_key.clone();
-    let stale_keys: Vec<String> = up
-        .existing_rows
-        .keys()
-        .filter(|k| !rows.iter().any(|r| &r.rule_key == *k))
-        .cloned()
-        .collect();
-    let changed: Vec<store::EnforcementRow> = rows
-        .into_iter()
-        .filter(|r| up.existing_rows.get(&r.rule_key) != Some(r))
-        .collect();
-    ctx.db
+    let completed = ctx
+        .db
         .write(move |conn: &mut AnyConnection| {
             Box::pin(async move {
+                let mut entries = Vec::with_capacity(results.len());
                 for (action, result) in &results {
                     match result {
                         Ok(res) => {
-                            let detail =
-                                json!({ "action": action, "result": res, "link_key": link_key });
-                            audit::append(
-                                conn,
-                                &t,
-                                AuditEntry::new(
-                                    audit::kinds::ACTION_EXECUTED,
-                                    system_actor(),
-                                    Some(&u),
-                                    detail,
-                                ),
-                            )
-                            .await?;
                             if let Some(ev) = event_for(action) {
                                 let mut payload = json!({ "user_id": u, "action": action });
                                 if let Action::RequirementOverdue { .. } = action {
@@ -828,41 +892,45 @@ async fn write_outcomes(
                                 }
                                 notify::enqueue_event(conn, &t, ev, Some(&u), payload).await?;
                             }
+                            entries.push(AuditEntry::new(
+                                audit::kinds::ACTION_EXECUTED,
+                                system_actor(),
+                                Some(&u),
+                                json!({ "action": action, "result": res, "link_key": link_key }),
+                            ));
                         }
-                        Err(e) => {
-                            let detail = json!({
+                        Err(e) => entries.push(AuditEntry::new(
+                            audit::kinds::ACTION_FAILED,
+                            system_actor(),
+                            Some(&u),
+                            json!({
                                 "action": action, "error": e.message, "retryable": e.retryable,
                                 "link_key": link_key,
-                            });
-                            audit::append(
-                                conn,
-                                &t,
-                                AuditEntry::new(
-                                    audit::kinds::ACTION_FAILED,
-                                    system_actor(),
-                                    Some(&u),
-                                    detail,
-                                ),
-                            )
-                            .await?;
-                        }
+                            }),
+                        )),
                     }
                 }
-                for row in &changed {
+                for row in &rows {
                     store::upsert_enforcement(conn, &t, &u, row).await?;
                 }
-                for key in &stale_keys {
+                for key in &stale {
                     store::delete_enforcement(conn, &t, &u, key).await?;
                 }
-                Ok::<_, StoreError>(())
+                let mut completed = false;
+                if let Some((job_id, worker)) = &job {
+                    completed = jobs::store::complete_in_tx(conn, job_id, worker).await?;
+                }
+                // Last: on PostgreSQL the chain head stays locked until commit.
+                audit::append_many(conn, &t, &entries).await?;
+                Ok::<_, StoreError>(completed)
             })
         })
         .await?;
-    Ok(())
+    Ok(completed)
 }
 
 /// The job dispatcher the workers call: converge and offboard jobs.
-pub async fn run_job(ctx: &EngineCtx, job: &Job) -> Result<(), JobError> {
+pub async fn run_job(ctx: &EngineCtx, job: &Job) -> Result<Finished, JobError> {
     match job.kind.as_str() {
         jobs::kinds::CONVERGE => {
             let Some(user_id) = job.user_id.as_deref() else {
@@ -873,17 +941,18 @@ pub async fn run_job(ctx: &EngineCtx, job: &Job) -> Result<(), JobError> {
                 .get("reason")
                 .and_then(Value::as_str)
                 .unwrap_or("manual");
-            converge_with(
-                ctx,
-                &job.tenant_id,
-                user_id,
-                &ConvergeOptions::for_trigger(trigger),
-            )
-            .await
-            .map(|_| ())
-            .map_err(JobError::from)
+            let mut opts = ConvergeOptions::for_trigger(trigger);
+            opts.job = job.leased_by.clone().map(|w| (job.id.clone(), w));
+            let out = converge_with(ctx, &job.tenant_id, user_id, &opts).await?;
+            Ok(if out.job_completed {
+                Finished::Recorded
+            } else {
+                Finished::ToRecord
+            })
         }
-        jobs::kinds::OFFBOARD => crate::offboarding::run_job(ctx, job).await,
+        jobs::kinds::OFFBOARD => crate::offboarding::run_job(ctx, job)
+            .await
+            .map(|()| Finished::ToRecord),
         other => Err(JobError::permanent(format!("unknown job kind {other:?}"))),
     }
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Executor, Row};
 
-use crate::store::{now_ts, Db, Engine};
+use crate::store::{now_ts, Db};
 
 // ---------------------------------------------------------------------------------------------
 // Directory reads.
@@ -74,27 +74,16 @@ fn guard_row(r: &AnyRow) -> Result<GuardRow, sqlx::Error> {
 
 /// Reads the tenant's guard row, creating it if needed, and (PostgreSQL) locks it until the
 /// transaction ends: guard decisions of one tenant are serialised, so two workers cannot both
-/// see room for one more.
+/// see room for one more. One statement: the no-op update takes the row lock.
 pub async fn lock_guard(
     conn: &mut AnyConnection,
-    engine: Engine,
     tenant_id: &str,
 ) -> Result<GuardRow, sqlx::Error> {
-    sqlx::query(
+    let row = sqlx::query(
         "INSERT INTO guard_state (tenant_id, tripped) VALUES ($1, 0) \
-         ON CONFLICT (tenant_id) DO NOTHING",
+         ON CONFLICT (tenant_id) DO UPDATE SET tripped = guard_state.tripped \
+         RETURNING tripped, tripped_at, trip_reason, window_start",
     )
-    .bind(tenant_id)
-    .execute(&mut *conn)
-    .await?;
-    let lock = match engine {
-        Engine::Postgres => " FOR UPDATE",
-        Engine::Sqlite => "",
-    };
-    let row = sqlx::query(&format!(
-        "SELECT tripped, tripped_at, trip_reason, window_start FROM guard_state \
-         WHERE tenant_id = $1{lock}"
-    ))
     .bind(tenant_id)
     .fetch_one(&mut *conn)
     .await?;

@@ -496,56 +496,82 @@ async fn a_directory_deactivation_converges_through_the_queue_within_a_second() 
 
 /// Not a test: a quick look at real-time latency through the directory, the queue and the
 /// built-in store (`cargo test --release --lib -- --ignored engine::tests::latency --nocapture`).
+/// Latency = from the directory write's answer to the user's last `action.executed` entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn latency_of_deactivations_through_the_queue() {
-    const N: usize = 300;
+    let n: usize = std::env::var("LAT_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let rate: u64 = std::env::var("LAT_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
     for f in fixtures().await {
         let mut ids = Vec::new();
-        for i in 0..N {
+        for i in 0..n {
             ids.push(f.user_with_factors(&format!("lat{i}")).await);
         }
-        let workers = crate::jobs::spawn_workers(f.ctx.clone(), 4);
+        let nw: usize = std::env::var("LAT_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+        let mut f = f;
+        f.ctx.jobs.batch = std::env::var("LAT_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
+        let workers = crate::jobs::spawn_workers(f.ctx.clone(), nw);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let f = Arc::new(f);
         let t0 = std::time::Instant::now();
         let mut tasks = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             let (f, id) = (f.clone(), id.clone());
-            // ~500 deactivations per second.
-            let start = Duration::from_millis(2 * i as u64);
+            let start = Duration::from_micros(1_000_000 / rate * i as u64);
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep_until(tokio::time::Instant::from_std(t0 + start)).await;
                 f.set_active(&id, false).await;
-                let answered = std::time::Instant::now();
-                let name = format!("lat{i}");
-                loop {
-                    if f.all(&name, Suspended).await {
-                        return answered.elapsed();
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
+                (id, Utc::now())
             }));
         }
-        let mut lat = Vec::new();
+        let mut answered = Vec::new();
         for t in tasks {
-            lat.push(t.await.unwrap());
+            answered.push(t.await.unwrap());
         }
-        let total = t0.elapsed();
+        let sent = t0.elapsed();
+        let open =
+            "SELECT COUNT(*) FROM jobs WHERE state <> 'done' AND payload NOT LIKE '%scheduled%'";
+        while f.count(open).await > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut lat = Vec::new();
+        for (id, at) in &answered {
+            let filter = crate::audit::ListFilter {
+                subject: Some(id.clone()),
+                kind_prefix: Some("action.executed".into()),
+                ..Default::default()
+            };
+            let rows = crate::audit::list(f.db(), &f.tenant, &filter, 100, None)
+                .await
+                .unwrap();
+            let last = rows.last().expect("actions").at.clone();
+            let last = DateTime::parse_from_rfc3339(&last)
+                .unwrap()
+                .with_timezone(&Utc);
+            lat.push((last - *at).to_std().unwrap_or_default());
+        }
         lat.sort();
         let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
         eprintln!(
-            "{:?}: {N} deactivations in {total:?} ({:.0}/s); answer→suspended p50 {:?} p99 {:?} max {:?}",
+            "{:?}: {n} deactivations in {sent:?} ({:.0}/s); answer to last action p50 {:?} p99 {:?} max {:?}",
             f.ctx.db.engine,
-            N as f64 / total.as_secs_f64(),
+            n as f64 / sent.as_secs_f64(),
             p(0.5),
             p(0.99),
             lat[lat.len() - 1]
         );
-        match Arc::try_unwrap(f) {
-            Ok(f) => drop(f),
-            Err(_) => panic!("fixture still shared"),
-        }
         workers.shutdown().await;
+        let mut t = std::mem::take(&mut *super::TIMINGS.lock().unwrap());
+        for k in 0..4 {
+            t.sort_by_key(|x| x[k]);
+            let q = |p: f64| t[((t.len() as f64 * p) as usize).min(t.len() - 1)][k];
+            eprintln!("phase {k}: p50 {:?} p99 {:?}", q(0.5), q(0.99));
+        }
     }
 }

@@ -57,6 +57,15 @@ pub struct Job {
     pub updated: String,
 }
 
+/// How a job handler finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The handler marked the job done in its own last transaction.
+    Recorded,
+    /// The worker marks it done.
+    ToRecord,
+}
+
 /// What a job handler reports when it cannot finish.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -151,10 +160,11 @@ pub async fn enqueue_in_tx(
 }
 
 /// Enqueues "converge user U" inside the caller's transaction, coalescing: if a pending (not
-/// leased) converge job for the user is due no later than `due`, nothing is added; if one is due
-/// later, it is moved up to `due`. A converge job that is running does not count (the change that
-/// triggers this one may have committed after it read the user). Level-triggered: every converge
-/// schedules the follow-ups it needs itself, so moving a follow-up earlier loses nothing.
+/// leased) converge job for the user is due no later than `due`, nothing is added (that job
+/// will see this change). A running converge job does not count (the change that triggers this
+/// one may have committed after it read the user). A pending job due later (a follow-up) stays:
+/// it runs as a harmless converge. Level-triggered: every converge schedules the follow-ups it
+/// needs itself.
 pub async fn enqueue_converge(
     conn: &mut AnyConnection,
     tenant_id: &str,

@@ -67,7 +67,8 @@ pub(crate) async fn insert(
     Ok(id)
 }
 
-/// See `jobs::enqueue_converge`. Returns whether a job was added or moved up.
+/// See `jobs::enqueue_converge`. One statement: insert unless a pending converge job for the
+/// user is due no later. Returns whether a job was added.
 pub(crate) async fn enqueue_converge(
     conn: &mut AnyConnection,
     tenant_id: &str,
@@ -77,39 +78,21 @@ pub(crate) async fn enqueue_converge(
 ) -> Result<bool, sqlx::Error> {
     let now = now_ts();
     let due = due.unwrap_or(&now).to_string();
-    let existing = sqlx::query(
-        "SELECT id, due FROM jobs WHERE tenant_id = $1 AND user_id = $2 AND kind = 'converge' \
-         AND state = 'pending' ORDER BY due LIMIT 1",
+    let r = sqlx::query(
+        "INSERT INTO jobs (id, tenant_id, kind, user_id, payload, state, attempts, due, created, \
+         updated) SELECT $1, $2, 'converge', $3, $4, 'pending', 0, $5, $6, $6 \
+         WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE tenant_id = $2 AND user_id = $3 \
+         AND kind = 'converge' AND state = 'pending' AND due <= $5)",
     )
+    .bind(uuid::Uuid::new_v4().to_string())
     .bind(tenant_id)
     .bind(user_id)
-    .fetch_optional(&mut *conn)
+    .bind(json!({ "reason": reason }).to_string())
+    .bind(&due)
+    .bind(&now)
+    .execute(&mut *conn)
     .await?;
-    if let Some(row) = existing {
-        let id: String = row.try_get("id")?;
-        let existing_due: String = row.try_get("due")?;
-        if existing_due <= due {
-            return Ok(false);
-        }
-        sqlx::query("UPDATE jobs SET due = $2, updated = $3 WHERE id = $1 AND state = 'pending'")
-            .bind(&id)
-            .bind(&due)
-            .bind(&now)
-            .execute(&mut *conn)
-            .await?;
-        return Ok(true);
-    }
-    let payload = json!({ "reason": reason });
-    insert(
-        conn,
-        tenant_id,
-        super::kinds::CONVERGE,
-        Some(user_id),
-        &payload,
-        Some(&due),
-    )
-    .await?;
-    Ok(true)
+    Ok(r.rows_affected() == 1)
 }
 
 /// Leases up to `n` jobs that are due, or whose lease ran out (their worker died), for
@@ -162,20 +145,28 @@ pub async fn lease(
 pub async fn complete(db: &Db, job_id: &str, worker_id: &str) -> Result<bool, StoreError> {
     let (id, worker) = (job_id.to_string(), worker_id.to_string());
     db.write(move |conn: &mut AnyConnection| {
-        Box::pin(async move {
-            let r = sqlx::query(
-                "UPDATE jobs SET state = 'done', lease_until = NULL, last_error = NULL, \
-                 updated = $3 WHERE id = $1 AND state = 'running' AND leased_by = $2",
-            )
-            .bind(&id)
-            .bind(&worker)
-            .bind(now_ts())
-            .execute(&mut *conn)
-            .await?;
-            Ok::<_, StoreError>(r.rows_affected() == 1)
-        })
+        Box::pin(async move { Ok::<_, StoreError>(complete_in_tx(conn, &id, &worker).await?) })
     })
     .await
+}
+
+/// [`complete`] inside the caller's transaction, so a handler's last write and the job's
+/// completion commit together (one write fewer on the real-time path).
+pub async fn complete_in_tx(
+    conn: &mut AnyConnection,
+    job_id: &str,
+    worker_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE jobs SET state = 'done', lease_until = NULL, last_error = NULL, \
+         updated = $3 WHERE id = $1 AND state = 'running' AND leased_by = $2",
+    )
+    .bind(job_id)
+    .bind(worker_id)
+    .bind(now_ts())
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
 }
 
 /// What [`fail`] did with a failed job.
@@ -257,6 +248,15 @@ pub async fn fail(
                 "error": error,
                 "retryable": retryable,
             });
+            crate::notify::enqueue_event(
+                conn,
+                &job.tenant_id,
+                crate::notify::events::JOB_DEAD,
+                job.user_id.as_deref(),
+                detail.clone(),
+            )
+            .await?;
+            // Last: on PostgreSQL the chain head stays locked until commit.
             audit::append(
                 conn,
                 &job.tenant_id,
@@ -264,16 +264,8 @@ pub async fn fail(
                     audit::kinds::JOB_DEAD,
                     AuditActor::system("jobs", "deprovd job queue"),
                     job.user_id.as_deref(),
-                    detail.clone(),
+                    detail,
                 ),
-            )
-            .await?;
-            crate::notify::enqueue_event(
-                conn,
-                &job.tenant_id,
-                crate::notify::events::JOB_DEAD,
-                job.user_id.as_deref(),
-                detail,
             )
             .await?;
             Ok::<_, StoreError>(FailOutcome::Dead)

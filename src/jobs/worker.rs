@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::store::{self, FailOutcome};
-use super::{nudge, nudge_handle, Job};
+use super::{nudge, nudge_handle, Finished, Job};
 use crate::engine::EngineCtx;
 use crate::store::{ts_from, Engine};
 
@@ -154,7 +154,7 @@ pub async fn run_one(ctx: &EngineCtx, worker: &str, job: Job) {
     record(ctx, worker, &job, started, outcome).await
 }
 
-async fn run_handler(ctx: &EngineCtx, job: &Job) -> Result<(), (String, bool)> {
+async fn run_handler(ctx: &EngineCtx, job: &Job) -> Result<Finished, (String, bool)> {
     let run = {
         let ctx = ctx.clone();
         let job = job.clone();
@@ -164,7 +164,7 @@ async fn run_handler(ctx: &EngineCtx, job: &Job) -> Result<(), (String, bool)> {
         })
     };
     match run.await {
-        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Ok(f))) => Ok(f),
         Ok(Ok(Err(e))) => Err((e.message, e.retryable)),
         Ok(Err(_)) => Err(("timed out (ran past its lease)".to_string(), true)),
         Err(e) => Err((format!("handler panicked: {e}"), true)),
@@ -176,10 +176,13 @@ async fn record(
     worker: &str,
     job: &Job,
     started: Instant,
-    outcome: Result<(), (String, bool)>,
+    outcome: Result<Finished, (String, bool)>,
 ) {
     match outcome {
-        Ok(()) => {
+        Ok(Finished::Recorded) => {
+            tracing::debug!(job = %job.id, kind = %job.kind, ms = started.elapsed().as_millis() as u64, "job done");
+        }
+        Ok(Finished::ToRecord) => {
             tracing::debug!(job = %job.id, kind = %job.kind, ms = started.elapsed().as_millis() as u64, "job done");
             if let Err(e) = store::complete(&ctx.db, &job.id, worker).await {
                 // The job stays running; its lease runs out and it runs again (idempotent).

@@ -188,9 +188,13 @@ fn sqlite_synchronous() -> &'static str {
     }
 }
 
+/// How long a connection waits for another process's write lock (a CLI verb next to a busy
+/// server, or the server behind a long CLI write) before giving up with "database is locked".
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 30_000;
+
 fn sqlite_pragmas(conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
     let sql = format!(
-        "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; \
+        "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; \
          PRAGMA foreign_keys = ON;",
         sqlite_synchronous()
     );

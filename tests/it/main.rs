@@ -11,4 +11,5 @@ mod hostile;
 mod lifecycle;
 mod listing;
 mod okta;
+mod resilience;
 mod users;
