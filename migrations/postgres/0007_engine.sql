@@ -11,16 +11,18 @@ CREATE TABLE guard_state (
     window_start  TEXT                   -- releases and discards restart the sliding window here
 );
 
--- One row per user whose destructive actions were executed (counted per distinct user in the
--- window). `bypass` = 1 for converges an admin released from quarantine: they do not count.
+-- One row per user whose destructive actions were executed: when last, so the guard counts
+-- distinct users in the window with an index range count. `bypass` = 1 for converges an admin
+-- released from quarantine: they do not count.
 CREATE TABLE guard_actions (
     tenant_id  TEXT NOT NULL,
     user_id    TEXT NOT NULL,
     at         TEXT NOT NULL,
     actions    BIGINT NOT NULL,
-    bypass     BIGINT NOT NULL
+    bypass     BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, user_id)
 );
-CREATE INDEX guard_actions_window ON guard_actions(tenant_id, at);
+CREATE INDEX guard_actions_window ON guard_actions(tenant_id, at, bypass);
 
 CREATE TABLE quarantine (
     tenant_id  TEXT NOT NULL,

@@ -20,7 +20,7 @@
 //!
 //! Not a test and not part of CI: `scripts/bench.sh` runs the matrix and prints a table.
 //! The load generator speaks HTTP/1.1 itself over keep-alive connections (`--client raw`, the
-//! default: about a third of reqwest's CPU per request) or through reqwest (`--client
+//! default: about half the CPU per request of reqwest) or through reqwest (`--client
 //! reqwest`), so more of the shared CPU goes to the server being measured.
 //!
 //! Usage: `cargo build --release --bins && target/release/deprovd-bench --users 100000
@@ -1576,6 +1576,22 @@ async fn phase_deprovision_latency(
     }
     if not_converged > 0 {
         revoked.first_error = Some(format!("{not_converged} users not fully revoked"));
+    }
+    // Whether converge kept up with the rate: a backlog shows as latency growing with time.
+    let lat = &revoked.latencies_us;
+    if lat.len() >= 20 {
+        let tenth = lat.len() / 10;
+        let median_ms = |xs: &[u32]| {
+            let mut v = xs.to_vec();
+            v.sort_unstable();
+            v.get(v.len() / 2).copied().unwrap_or(0) as f64 / 1000.0
+        };
+        println!(
+            "deprovision: answer -> last factor revoked, median of the first tenth sent {:.0} ms, \
+             of the last tenth {:.0} ms (growing = converge falls behind the rate)",
+            median_ms(&lat[..tenth]),
+            median_ms(&lat[lat.len() - tenth..])
+        );
     }
     Ok(Deprovision {
         scim,

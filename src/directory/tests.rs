@@ -523,8 +523,30 @@ async fn membership_deltas_nesting_and_reference_checks() {
         assert_eq!(same.version, 2);
         assert_eq!(d.lifecycle_events("a", &u3.id).await.unwrap().len(), n3);
 
-        // Unknown ids, ids of another tenant, self and cycles are 400 invalidValue.
-        for bad in ["nope".to_string(), other.id.clone(), g.id.clone()] {
+        // Unknown ids and ids of another tenant are kept as unresolved references (they give
+        // no user of this tenant anything, and refusing them would block removals bundled in
+        // the same PATCH); nothing of the other tenant shows through them.
+        for stale in ["nope".to_string(), other.id.clone()] {
+            d.update_group(
+                &a,
+                "a",
+                &g.id,
+                None,
+                Box::new(|s| Ok(s.resource.clone())),
+                vec![MemberChange::Add(vec![MemberRef { value: stale.clone(), member_type: None }])],
+            )
+            .await
+            .unwrap();
+            let members = d.group_members("a", &g.id).await.unwrap();
+            let m = members.iter().find(|(id, _, _)| *id == stale.to_lowercase()).expect("kept");
+            assert_eq!(m.2, "", "no display resolves across tenants");
+            assert!(d.user_groups("b", &other.id).await.unwrap().is_empty() || other.id.is_empty());
+            d.update_group(&a, "a", &g.id, None, Box::new(|s| Ok(s.resource.clone())), vec![MemberChange::Remove(vec![stale.clone()])])
+                .await
+                .unwrap();
+        }
+        // A group containing itself is 400 invalidValue.
+        for bad in [g.id.clone()] {
             let e = d
                 .update_group(
                     &a,
@@ -1383,7 +1405,12 @@ async fn tenants_are_isolated() {
                 }])],
             )
             .await;
-        assert!(matches!(e, Err(DirError::Invalid(_))));
+        assert!(e.is_ok(), "an unresolvable id is kept, not refused: {e:?}");
+        assert_eq!(d.group_members("b", &gb.id).await.unwrap()[0].2, "", "tenant a's userName does not show");
+        assert!(
+            d.user_groups("a", &ua.id).await.unwrap().iter().all(|g| g.value != gb.id),
+            "tenant b's group does not show on tenant a's user"
+        );
         // Tenant a is untouched.
         assert_eq!(d.get_user("a", &ua.id).await.unwrap().unwrap().version, 1);
         assert_eq!(d.group_members("a", &ga.id).await.unwrap().len(), 1);

@@ -538,7 +538,6 @@ pub async fn converge_with(
     opts: &ConvergeOptions,
 ) -> Result<ConvergeOutcome, ConvergeError> {
     let now = Utc::now();
-    let t_start = std::time::Instant::now();
     let (policy, version) = policy::current_policy(&ctx.db, tenant)
         .await
         .map_err(|e| match e {
@@ -555,7 +554,6 @@ pub async fn converge_with(
         tracing::debug!(tenant, user_id, "converge: no such user");
         return Ok(outcome);
     };
-    let t_plan = t_start.elapsed();
     outcome.found = true;
     outcome.link_key = up.link_key.clone();
     outcome.planned = up.actions.clone();
@@ -614,7 +612,6 @@ pub async fn converge_with(
         verdict = v;
         outcome.job_completed = completed;
     }
-    let t_decide = t_start.elapsed();
     let quarantined = matches!(verdict, guard::Verdict::Quarantine { .. });
     if let guard::Verdict::Quarantine { tripped_now, .. } = &verdict {
         outcome.quarantined = destructive.clone();
@@ -652,7 +649,6 @@ pub async fn converge_with(
         }
     }
 
-    let t_exec = t_start.elapsed();
     // 3. Record the outcomes (and the enforcement bookkeeping they change).
     let (rows, stale) = bookkeeping(&up, enforcement_rows(&policy, &up, &outcome.executed, now));
     if !results.is_empty() || !rows.is_empty() || !stale.is_empty() {
@@ -667,7 +663,6 @@ pub async fn converge_with(
         outcome.job_completed |= completed;
     }
 
-    TIMINGS.lock().unwrap().push([t_plan, t_decide, t_exec, t_start.elapsed()]);
     if !outcome.failed.is_empty() {
         let retryable = outcome.failed.iter().any(|f| f.retryable);
         let msg: Vec<String> = outcome
@@ -686,8 +681,6 @@ pub async fn converge_with(
     }
     Ok(outcome)
 }
-
-pub static TIMINGS: std::sync::Mutex<Vec<[Duration; 4]>> = std::sync::Mutex::new(Vec::new());
 
 /// What the decision transaction needs.
 struct Decision {

@@ -111,25 +111,29 @@ pub async fn window_users(
     user_id: &str,
 ) -> Result<(i64, bool), sqlx::Error> {
     let row = sqlx::query(
-        "SELECT COUNT(DISTINCT user_id), \
-         COALESCE(SUM(CASE WHEN user_id = $3 THEN 1 ELSE 0 END), 0) \
-         FROM guard_actions WHERE tenant_id = $1 AND at >= $2 AND bypass = 0",
+        "SELECT COUNT(*) FROM guard_actions WHERE tenant_id = $1 AND at >= $2 AND bypass = 0",
     )
     .bind(tenant_id)
     .bind(since)
-    .bind(user_id)
     .fetch_one(&mut *conn)
     .await?;
     let count: i64 = row.try_get(0)?;
-    let mine: i64 = row.try_get(1)?;
-    Ok((count, mine > 0))
+    let mine = sqlx::query(
+        "SELECT 1 FROM guard_actions WHERE tenant_id = $1 AND user_id = $2 AND at >= $3 \
+         AND bypass = 0",
+    )
+    .bind(tenant_id)
+    .bind(user_id)
+    .bind(since)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok((count, mine.is_some()))
 }
 
 /// Distinct counted users since `since` (status display).
 pub async fn window_count(db: &Db, tenant_id: &str, since: &str) -> Result<i64, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT COUNT(DISTINCT user_id) FROM guard_actions \
-         WHERE tenant_id = $1 AND at >= $2 AND bypass = 0",
+        "SELECT COUNT(*) FROM guard_actions WHERE tenant_id = $1 AND at >= $2 AND bypass = 0",
     )
     .bind(tenant_id)
     .bind(since)
@@ -138,6 +142,7 @@ pub async fn window_count(db: &Db, tenant_id: &str, since: &str) -> Result<i64, 
     row.try_get(0)
 }
 
+/// Records that `user_id`'s destructive actions ran now (one row per user: the latest).
 pub async fn record_guard_action(
     conn: &mut AnyConnection,
     tenant_id: &str,
@@ -148,7 +153,9 @@ pub async fn record_guard_action(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO guard_actions (tenant_id, user_id, at, actions, bypass) \
-         VALUES ($1, $2, $3, $4, $5)",
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (tenant_id, user_id) DO UPDATE SET at = excluded.at, \
+         actions = excluded.actions, bypass = excluded.bypass",
     )
     .bind(tenant_id)
     .bind(user_id)

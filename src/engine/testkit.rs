@@ -56,19 +56,50 @@ pub async fn fixtures() -> Vec<Fixture> {
 pub async fn fixtures_with(policy: &str) -> Vec<Fixture> {
     let mut out = Vec::new();
     for db in fresh_dbs().await {
-        let t = db
-            .write(|c: &mut AnyConnection| {
-                Box::pin(async move { tenants::create_tenant(c, "acme").await })
-            })
-            .await
-            .expect("tenant");
-        let mut ctx = EngineCtx::new(db, Arc::new(MasterKey::generate(KeySource::Ephemeral)));
-        ctx.jobs = fast_jobs();
-        let f = Fixture { ctx, tenant: t.id };
-        f.set_policy(policy).await;
-        out.push(f);
+        out.push(fixture_on(db, policy).await);
     }
     out
+}
+
+/// A tenant `acme` with `policy` on `db`.
+pub async fn fixture_on(db: crate::store::Db, policy: &str) -> Fixture {
+    let t = db
+        .write(|c: &mut AnyConnection| {
+            Box::pin(async move { tenants::create_tenant(c, "acme").await })
+        })
+        .await
+        .expect("tenant");
+    let mut ctx = EngineCtx::new(db, Arc::new(MasterKey::generate(KeySource::Ephemeral)));
+    ctx.jobs = fast_jobs();
+    let f = Fixture { ctx, tenant: t.id };
+    f.set_policy(policy).await;
+    f
+}
+
+/// A fresh PostgreSQL database (dropped with its last handle) with a pool of `size`
+/// connections; `base` is the server URL of `DEPROVD_TEST_PG`.
+pub async fn pg_with_pool(base: &str, size: u32) -> crate::store::Db {
+    use sqlx::ConnectOptions;
+    sqlx::any::install_default_drivers();
+    let base = base.trim_end_matches('/');
+    let admin_url = format!("{base}/postgres");
+    let name = format!("deprovd_t_{}", uuid::Uuid::new_v4().simple());
+    let opts: sqlx::any::AnyConnectOptions = admin_url.parse().expect("admin url");
+    let mut admin = opts.connect().await.expect("connect");
+    sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
+    let cleanup = crate::store::testing::Cleanup::PgDatabase {
+        admin_url,
+        name: name.clone(),
+    };
+    let opts = crate::store::DbOptions {
+        max_connections: Some(size),
+    };
+    crate::store::Db::open(&format!("{base}/{name}"), opts, Some(cleanup))
+        .await
+        .expect("open")
 }
 
 impl Fixture {

@@ -103,7 +103,7 @@ pub struct JobsConfig {
     pub backoff_cap: Duration,
     /// How often idle workers look for due jobs and other replicas' jobs.
     pub poll: Duration,
-    /// Jobs leased (and run concurrently) per worker per round.
+    /// Jobs a worker runs at once (leased as slots free up).
     pub batch: usize,
     /// Done jobs older than this are deleted by the housekeeping pass.
     pub keep_done: Duration,

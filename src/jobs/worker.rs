@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::store::{self, FailOutcome};
 use super::{nudge, nudge_handle, Finished, Job};
@@ -71,28 +71,42 @@ pub fn spawn_workers(ctx: EngineCtx, n: usize) -> Workers {
 
 async fn worker_loop(ctx: EngineCtx, id: String, index: usize, mut stop: watch::Receiver<bool>) {
     let cfg = ctx.jobs.clone();
+    // Jobs in flight at once per worker; a freed slot is refilled at once (no waiting for the
+    // slowest job of a batch).
+    let cap = cfg.batch.max(1);
+    let mut running: JoinSet<()> = JoinSet::new();
     // After a nudge that found nothing, look again a few times soon: on PostgreSQL the nudge
     // comes before the enqueuing transaction commits.
     let mut quick: u32 = 0;
     let mut last_housekeeping = Instant::now();
     let mut detached = false;
+    let mut stopping = false;
     tracing::debug!(worker = %id, "job worker started");
     loop {
-        if *stop.borrow() {
+        stopping = stopping || *stop.borrow();
+        if stopping && running.is_empty() {
             break;
         }
-        match store::lease(&ctx.db, &id, cfg.batch, cfg.lease).await {
-            Ok(jobs) if !jobs.is_empty() => {
-                if jobs.len() >= cfg.batch {
-                    // Probably more waiting: wake a sibling rather than leave it for the poll.
-                    nudge();
+        // Collect whatever finished, so one lease fills every free slot.
+        while running.try_join_next().is_some() {}
+        let free = cap - running.len().min(cap);
+        if !stopping && free > 0 {
+            match store::lease(&ctx.db, &id, free, cfg.lease).await {
+                Ok(jobs) if !jobs.is_empty() => {
+                    if jobs.len() >= free {
+                        // Probably more waiting: wake a sibling rather than leave it for the poll.
+                        nudge();
+                    }
+                    for job in jobs {
+                        let (ctx, worker) = (ctx.clone(), id.clone());
+                        running.spawn(async move { run_one(&ctx, &worker, job).await });
+                    }
+                    quick = 0;
+                    continue;
                 }
-                run_batch(&ctx, &id, jobs).await;
-                quick = 0;
-                continue;
+                Ok(_) => {}
+                Err(e) => tracing::warn!(worker = %id, error = %e, "cannot lease jobs"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(worker = %id, error = %e, "cannot lease jobs"),
         }
         if index == 0 && last_housekeeping.elapsed() > Duration::from_secs(600) {
             last_housekeeping = Instant::now();
@@ -108,31 +122,21 @@ async fn worker_loop(ctx: EngineCtx, id: String, index: usize, mut stop: watch::
         } else {
             cfg.poll
         };
+        let full = running.len() >= cap;
         tokio::select! {
             biased;
-            r = stop.changed(), if !detached => {
+            r = stop.changed(), if !detached && !stopping => {
                 // The handle was dropped without shutdown: keep working, like a detached task.
                 detached = r.is_err();
             }
-            _ = nudge_handle().notified() => { quick = 3; }
-            _ = tokio::time::sleep(wait) => { quick = quick.saturating_sub(1); }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = nudge_handle().notified(), if !full && !stopping => { quick = 3; }
+            _ = tokio::time::sleep(wait), if !full || stopping => {
+                quick = quick.saturating_sub(1);
+            }
         }
     }
     tracing::debug!(worker = %id, "job worker stopped");
-}
-
-async fn run_batch(ctx: &EngineCtx, worker: &str, jobs: Vec<Job>) {
-    let tasks: Vec<_> = jobs
-        .into_iter()
-        .map(|job| {
-            let ctx = ctx.clone();
-            let worker = worker.to_string();
-            tokio::spawn(async move { run_one(&ctx, &worker, job).await })
-        })
-        .collect();
-    for t in tasks {
-        let _ = t.await;
-    }
 }
 
 /// Runs one leased job and records its outcome.

@@ -172,6 +172,28 @@ fn parse_url(url: &str) -> Result<Target, StoreError> {
     )))
 }
 
+/// Creates a missing SQLite file readable by its owner only (0600): it holds token hashes and
+/// encrypted factor secrets. SQLite gives the -wal and -shm files the database file's mode.
+fn create_private_file(url: &str) -> Result<(), StoreError> {
+    let path = url.strip_prefix("sqlite://").unwrap_or(url);
+    let path = path.split('?').next().unwrap_or(path);
+    if url.contains("mode=ro") || std::path::Path::new(path).exists() {
+        return Ok(());
+    }
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        open.mode(0o600);
+    }
+    match open.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Config(format!("cannot create the database file {path}: {e}"))),
+    }
+}
+
 /// `synchronous` for SQLite. FULL (the default) makes every commit durable across power loss;
 /// `DEPROVD_SQLITE_SYNCHRONOUS=NORMAL` trades that for speed (a power cut may lose the last
 /// commits, which breaks "a 2xx means it will happen"): for benchmarks only.
@@ -255,6 +277,7 @@ impl Db {
                 Ok(db)
             }
             Target::Sqlite { url } => {
+                create_private_file(&url)?;
                 let connect_opts = AnyConnectOptions::from_str(&url)?;
                 // The writer's own connection: set WAL before any reader opens the file.
                 let mut wconn = connect_opts.connect().await?;

@@ -10,6 +10,7 @@ mod groups;
 mod hostile;
 mod lifecycle;
 mod listing;
+mod notifications;
 mod okta;
 mod resilience;
 mod users;

@@ -81,7 +81,8 @@ async fn sigkill_right_after_answering_loses_nothing() {
         let (mut server, tokens) = start_server(&url, dir.path());
         let (scim, admin) = tokens.expect("first-run tokens");
         let client = reqwest::Client::new();
-        let r = client.put(format!("{}/admin/v1/policy", server.base)).bearer_auth(&admin).header("content-type", "text/plain").body(POLICY.to_string()).send().await.unwrap();
+        let policy = POLICY.replace("revoke_after = \"3s\"", "revoke_after = \"30d\"");
+        let r = client.put(format!("{}/admin/v1/policy", server.base)).bearer_auth(&admin).header("content-type", "text/plain").body(policy).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200);
         let mut ids = Vec::new();
         for i in 0..40 {

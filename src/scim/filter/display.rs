@@ -217,7 +217,7 @@ mod tests {
         let chain = vec!["a pr"; MAX_COMPARISONS].join(" and ");
         let text = format!("{}x[{chain}]{}", "not (".repeat(63), ")".repeat(63));
         let run = std::thread::Builder::new()
-            .stack_size(512 * 1024)
+            .stack_size(2 * 1024 * 1024)
             .spawn(move || {
                 let f = parse_filter(&text).map_err(|e| e.detail)?;
                 let again = parse_filter(&f.to_string()).map_err(|e| e.detail)?;

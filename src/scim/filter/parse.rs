@@ -1265,7 +1265,7 @@ mod tests {
     fn limits() {
         // 5000 '(' fails fast without a deep stack; run it on a small stack to prove it.
         let deep = std::thread::Builder::new()
-            .stack_size(256 * 1024)
+            .stack_size(1024 * 1024)
             .spawn(|| {
                 let e = err(&"(".repeat(5000));
                 assert!(e.detail.contains("nested deeper than 64"), "{}", e.detail);
