@@ -494,25 +494,8 @@ async fn put_policy(
         .db
         .write(move |conn: &mut AnyConnection| {
             Box::pin(async move {
-                let before = crate::policy::store::latest_version(conn, &tenant).await?;
-                let v = crate::policy::set_policy(conn, &tenant, &text, &set_by).await?;
-                if before == Some(v.version) {
-                    return Ok::<_, TxError>((v, None));
-                }
-                let entry = AuditEntry::new(
-                    "policy.set",
-                    actor,
-                    None,
-                    json!({"version": v.version, "hash": v.hash, "previous_version": before}),
-                );
-                audit::append(conn, &tenant, entry).await?;
-                // A policy change is a trigger like any other: converge every user.
-                let ids = crate::policy::tenant_user_ids(conn, &tenant).await?;
-                for id in &ids {
-                    crate::jobs::enqueue_converge(conn, &tenant, id, "policy_changed", None)
-                        .await?;
-                }
-                Ok((v, Some(ids.len())))
+                let change = crate::policy::change::change_policy(conn, &tenant, &text, &set_by, actor).await?;
+                Ok::<_, TxError>((change.version, change.users_queued))
             })
         })
         .await?;

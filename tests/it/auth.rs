@@ -82,3 +82,78 @@ async fn tenants_are_isolated() {
         assert_eq!(r.body["active"], true);
     }
 }
+
+/// OAuth 2.0 bearer JWTs from a tenant's configured issuer, verified against a JWKS the test
+/// serves on loopback with keys committed under src/auth/testdata (test-only keys).
+#[tokio::test]
+async fn oauth_jwt_from_the_tenants_issuer_is_accepted_and_forgeries_are_not() {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+
+    let keys: serde_json::Value = serde_json::from_str(include_str!("../../src/auth/testdata/jwks_keys.json")).unwrap();
+    let jwks = json!({"keys": [keys["rsa1"].clone()]});
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let jwks_url = format!("http://127.0.0.1:{}/jwks.json", listener.local_addr().unwrap().port());
+    let served = jwks.clone();
+    let server = HttpServer::new(move || {
+        let body = served.clone();
+        App::new().route("/jwks.json", web::get().to(move || {
+            let body = body.clone();
+            async move { HttpResponse::Ok().json(body) }
+        }))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+
+    for app in apps().await {
+        let e = app.engine;
+        let tenant = crate::users::default_tenant_id(&app).await;
+        let (iss, aud, url) = ("https://idp.example.com/".to_string(), "deprovd-scim".to_string(), jwks_url.clone());
+        app.state
+            .db
+            .write(move |conn| Box::pin(async move { deprovd::store::tenants::set_tenant_jwt(conn, &tenant, &iss, &aud, &url).await }))
+            .await
+            .unwrap();
+        let now = chrono::Utc::now().timestamp();
+        let sign = |claims: serde_json::Value, kid: &str, pem: &[u8]| {
+            let mut header = Header::new(Algorithm::RS256);
+            header.kid = Some(kid.to_string());
+            encode(&header, &claims, &EncodingKey::from_rsa_pem(pem).unwrap()).unwrap()
+        };
+        let good = json!({"iss": "https://idp.example.com/", "aud": "deprovd-scim", "sub": "okta-provisioning", "exp": now + 300, "nbf": now - 10});
+        let rsa1 = include_bytes!("../../src/auth/testdata/rsa1.pem");
+        let rsa2 = include_bytes!("../../src/auth/testdata/rsa2.pem");
+        let token = sign(good.clone(), "rsa-1", rsa1);
+        let r = app.send(reqwest::Method::POST, "/Users", Some(&user("jwt-made@example.com")), Some(&token)).await;
+        assert_eq!(r.status, 201, "[{e}] valid JWT: {}", r.text);
+        let tenant_id = crate::users::default_tenant_id(&app).await;
+        let id = r.body["id"].as_str().unwrap().to_string();
+        let events = app.state.directory.lifecycle_events(&tenant_id, &id).await.unwrap();
+        assert_eq!(events[0].actor_name, "okta-provisioning", "[{e}] the JWT subject is the actor");
+
+        let mut expired = good.clone();
+        expired["exp"] = json!(now - 600);
+        let mut wrong_aud = good.clone();
+        wrong_aud["aud"] = json!("someone-else");
+        let mut wrong_iss = good.clone();
+        wrong_iss["iss"] = json!("https://evil.example.com/");
+        for (what, t) in [
+            ("expired", sign(expired, "rsa-1", rsa1)),
+            ("wrong audience", sign(wrong_aud, "rsa-1", rsa1)),
+            ("wrong issuer", sign(wrong_iss, "rsa-1", rsa1)),
+            ("key not in the JWKS", sign(good.clone(), "rsa-1", rsa2)),
+            ("alg none", format!("{}.{}.", b64(r#"{"alg":"none","kid":"rsa-1"}"#), b64(&good.to_string()))),
+        ] {
+            let r = app.send(reqwest::Method::GET, "/Users", None, Some(&t)).await;
+            assert_eq!(r.status, 401, "[{e}] {what} must be refused: {}", r.text);
+        }
+    }
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}

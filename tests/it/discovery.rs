@@ -41,6 +41,11 @@ async fn health_ready_metrics() {
     assert!(text.contains("deprovd_http_requests_total{route=\"/scim/v2/Users\",method=\"GET\",status=\"200\"}"), "{text}");
     assert!(text.contains("deprovd_http_request_duration_seconds_bucket"));
     assert!(text.contains("deprovd_db_pool_connections"));
+    // The database holds token hashes and encrypted secrets: owner-only.
+    use std::os::unix::fs::PermissionsExt;
+    let path = app.database_url.trim_start_matches("sqlite://");
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "database file mode {mode:o}");
 }
 
 #[tokio::test]
