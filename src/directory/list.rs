@@ -49,11 +49,15 @@ impl Directory {
         }
         let n_filter_args = b.args.len();
         let count_sql = format!("SELECT COUNT(*) FROM {table} r WHERE {cond}");
-        let total: i64 = bind_args(sqlx::query(&count_sql), &b.args[..n_filter_args])
-            .fetch_one(&self.db.pool)
-            .await?
-            .try_get(0)?;
-        let total = u64::try_from(total).unwrap_or(0);
+        let filter_args = b.args[..n_filter_args].to_vec();
+        let pool = self.db.pool.clone();
+        let count_all = move || async move {
+            let total: i64 = bind_args(sqlx::query(&count_sql), &filter_args)
+                .fetch_one(&pool)
+                .await?
+                .try_get(0)?;
+            Ok::<u64, DirError>(u64::try_from(total).unwrap_or(0))
+        };
 
         let sort = match &q.sort_by {
             Some(p) => Some(sort_sql(&mut b, kind, p)?),
@@ -74,7 +78,7 @@ impl Directory {
 
         if q.count == 0 {
             return Ok(Page {
-                total_results: total,
+                total_results: count_all().await?,
                 items: Vec::new(),
                 next_cursor: None,
             });
@@ -93,9 +97,16 @@ impl Directory {
                 let rows = bind_args(sqlx::query(&sql), &b.args)
                     .fetch_all(&self.db.pool)
                     .await?;
-                let items = rows.iter().map(stored_from_row).collect::<Result<_, _>>()?;
+                let items: Vec<super::StoredResource> = rows.iter().map(stored_from_row).collect::<Result<_, _>>()?;
+                // A first page that is not full holds every match: that is the total, and the
+                // lookups IdPs send before every write (`userName eq "…"`) need no COUNT.
+                let total_results = if offset == 0 && (items.len() as u64) < q.count {
+                    items.len() as u64
+                } else {
+                    count_all().await?
+                };
                 Ok(Page {
-                    total_results: total,
+                    total_results,
                     items,
                     next_cursor: None,
                 })
@@ -128,7 +139,7 @@ impl Directory {
                     _ => None,
                 };
                 Ok(Page {
-                    total_results: total,
+                    total_results: count_all().await?,
                     items,
                     next_cursor,
                 })
