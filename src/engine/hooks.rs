@@ -24,6 +24,8 @@ pub async fn on_lifecycle_event(
     kind: &str,
     detail: &Value,
 ) -> Result<(), sqlx::Error> {
+    crate::jobs::enqueue_converge(conn, tenant_id, user_id, kind, None).await?;
+    // Last: on PostgreSQL the tenant's chain head stays locked from here to commit.
     audit::append(
         conn,
         tenant_id,
@@ -34,6 +36,5 @@ pub async fn on_lifecycle_event(
             detail.clone(),
         ),
     )
-    .await?;
-    crate::jobs::enqueue_converge(conn, tenant_id, user_id, kind, None).await
+    .await
 }

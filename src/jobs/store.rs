@@ -67,8 +67,19 @@ pub(crate) async fn insert(
     Ok(id)
 }
 
+/// Whether a connection talks to PostgreSQL (the few SQL differences branch on it).
+pub(crate) fn is_postgres(conn: &AnyConnection) -> bool {
+    conn.backend_name().eq_ignore_ascii_case("postgresql")
+}
+
 /// See `jobs::enqueue_converge`. One statement: insert unless a pending converge job for the
 /// user is due no later. Returns whether a job was added.
+///
+/// On PostgreSQL the pending job found is locked (`FOR UPDATE`): a worker leasing it at this
+/// very moment either has committed (the job is running, so it no longer counts and a new job
+/// is added) or waits for this transaction (its converge then reads this change). Without the
+/// lock, a lease in flight would make this trigger vanish: the job counted as pending here
+/// would already be reading the user as it was before this change.
 pub(crate) async fn enqueue_converge(
     conn: &mut AnyConnection,
     tenant_id: &str,
@@ -78,12 +89,13 @@ pub(crate) async fn enqueue_converge(
 ) -> Result<bool, sqlx::Error> {
     let now = now_ts();
     let due = due.unwrap_or(&now).to_string();
-    let r = sqlx::query(
+    let lock = if is_postgres(conn) { " FOR UPDATE" } else { "" };
+    let r = sqlx::query(&format!(
         "INSERT INTO jobs (id, tenant_id, kind, user_id, payload, state, attempts, due, created, \
          updated) SELECT $1, $2, 'converge', $3, $4, 'pending', 0, $5, $6, $6 \
          WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE tenant_id = $2 AND user_id = $3 \
-         AND kind = 'converge' AND state = 'pending' AND due <= $5)",
-    )
+         AND kind = 'converge' AND state = 'pending' AND due <= $5{lock})"
+    ))
     .bind(uuid::Uuid::new_v4().to_string())
     .bind(tenant_id)
     .bind(user_id)
