@@ -21,7 +21,11 @@ use crate::config::{Config, LogFormat, Sources};
 use crate::store::Db;
 
 #[derive(Debug, Parser)]
-#[command(name = "deprovd", version, about = "SCIM 2.0 server that turns user lifecycle changes into MFA factor and session action")]
+#[command(
+    name = "deprovd",
+    version,
+    about = "SCIM 2.0 server that turns user lifecycle changes into MFA factor and session action"
+)]
 pub struct Cli {
     /// TOML configuration file.
     #[arg(long, global = true, value_name = "FILE")]
@@ -83,7 +87,10 @@ pub enum Command {
 
 /// Runs the verb and returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
-    let sources = Sources { file: cli.config.clone(), database_url_flag: cli.database_url.clone() };
+    let sources = Sources {
+        file: cli.config.clone(),
+        database_url_flag: cli.database_url.clone(),
+    };
     let config = match Config::load(&sources) {
         Ok(c) => c,
         Err(e) => {
@@ -95,7 +102,9 @@ pub async fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Serve => serve::serve(config).await,
         // Checking a file needs no database.
-        Command::Policy { cmd: policy::PolicyCmd::Check { file } } => Ok(policy::check(&file)),
+        Command::Policy {
+            cmd: policy::PolicyCmd::Check { file },
+        } => Ok(policy::check(&file)),
         other => match open(&config).await {
             Ok(db) => match other {
                 Command::Token { cmd } => token::run(&db, cmd).await,
@@ -133,14 +142,22 @@ fn unreachable_serve() -> Result<i32, String> {
 
 /// Opens and migrates the database and makes sure tenant `default` exists.
 pub async fn open(config: &Config) -> Result<Db, String> {
-    let db = Db::connect(&config.database_url).await.map_err(|e| format!("cannot open database: {e}"))?;
-    crate::store::tenants::ensure_default_tenant(&db).await.map_err(|e| format!("cannot create tenant default: {e}"))?;
+    let db = Db::connect(&config.database_url)
+        .await
+        .map_err(|e| format!("cannot open database: {e}"))?;
+    crate::store::tenants::ensure_default_tenant(&db)
+        .await
+        .map_err(|e| format!("cannot create tenant default: {e}"))?;
     Ok(db)
 }
 
 /// The master key that encrypts factor secrets, checked against the database.
-pub async fn master_key(config: &Config, db: &Db) -> Result<std::sync::Arc<crate::factors::crypto::MasterKey>, String> {
-    let key = crate::factors::crypto::load_or_create(&config.database_url, config.master_key.as_deref())?;
+pub async fn master_key(
+    config: &Config,
+    db: &Db,
+) -> Result<std::sync::Arc<crate::factors::crypto::MasterKey>, String> {
+    let key =
+        crate::factors::crypto::load_or_create(&config.database_url, config.master_key.as_deref())?;
     crate::factors::crypto::verify_master_key(db, &key).await?;
     Ok(std::sync::Arc::new(key))
 }
@@ -151,7 +168,9 @@ fn init_logging(config: &Config, serving: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if serving { "info" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match config.log {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.try_init(),
@@ -162,7 +181,9 @@ fn init_logging(config: &Config, serving: bool) {
 pub async fn tenant_named(db: &Db, name: &str) -> Result<crate::store::tenants::Tenant, String> {
     match crate::store::tenants::tenant_by_name(&db.pool, name).await {
         Ok(Some(t)) => Ok(t),
-        Ok(None) => Err(format!("tenant {name:?} not found (create it with `deprovd tenant create {name}`)")),
+        Ok(None) => Err(format!(
+            "tenant {name:?} not found (create it with `deprovd tenant create {name}`)"
+        )),
         Err(e) => Err(format!("database error: {e}")),
     }
 }

@@ -42,7 +42,9 @@ pub async fn prepare(config: Config) -> Result<(AppState, Option<FirstRunTokens>
 /// token. Serialised through the write path (and a PostgreSQL advisory lock inside it), so two
 /// replicas starting together print tokens once, not twice.
 async fn first_run_tokens(db: &Db) -> Result<Option<FirstRunTokens>, String> {
-    let tenant = tenants::ensure_default_tenant(db).await.map_err(|e| e.to_string())?;
+    let tenant = tenants::ensure_default_tenant(db)
+        .await
+        .map_err(|e| e.to_string())?;
     let (scim, scim_hash) = crate::auth::generate_token(Scope::Scim);
     let (admin, admin_hash) = crate::auth::generate_token(Scope::Admin);
     let engine = db.engine;
@@ -53,8 +55,16 @@ async fn first_run_tokens(db: &Db) -> Result<Option<FirstRunTokens>, String> {
                 if tenants::count_tokens(&mut *conn, &tenant.id, Scope::Scim, false).await? > 0 {
                     return Ok::<bool, tenants::TenantError>(false);
                 }
-                tenants::insert_token(conn, &tenant.id, Scope::Scim, "first-run scim", &scim_hash).await?;
-                tenants::insert_token(conn, &tenant.id, Scope::Admin, "first-run admin", &admin_hash).await?;
+                tenants::insert_token(conn, &tenant.id, Scope::Scim, "first-run scim", &scim_hash)
+                    .await?;
+                tenants::insert_token(
+                    conn,
+                    &tenant.id,
+                    Scope::Admin,
+                    "first-run admin",
+                    &admin_hash,
+                )
+                .await?;
                 Ok(true)
             })
         })
@@ -71,8 +81,10 @@ pub async fn serve(config: Config) -> Result<i32, String> {
         println!("Admin token (tenant default): {}", t.admin);
         println!("These tokens are shown once. Store them in your secret manager now.");
     }
-    let listener = TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let app = Application::build(state, listener).map_err(|e| format!("cannot start the HTTP server: {e}"))?;
+    let listener =
+        TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let app = Application::build(state, listener)
+        .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
     let background = start_background(&app.state);
     tracing::info!(%listen, "deprovd listening; SCIM base URL http://{listen}/scim/v2");
     let result = app.run_until_stopped().await;
@@ -86,12 +98,18 @@ pub async fn serve(config: Config) -> Result<i32, String> {
 async fn load_configured_policies(db: &Db, config: &Config) -> Result<(), String> {
     for (tenant_name, path) in &config.policies {
         let tenant = super::tenant_named(db, tenant_name).await?;
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read policy {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read policy {}: {e}", path.display()))?;
         let set_by = format!("config:{}", path.display());
         let actor = crate::audit::AuditActor::system("config", &set_by);
         let tenant_id = tenant.id.clone();
         let change = db
-            .write(move |conn| Box::pin(async move { crate::policy::change::change_policy(conn, &tenant_id, &text, &set_by, actor).await }))
+            .write(move |conn| {
+                Box::pin(async move {
+                    crate::policy::change::change_policy(conn, &tenant_id, &text, &set_by, actor)
+                        .await
+                })
+            })
             .await
             .map_err(|e| format!("policy {}: {e}", path.display()))?;
         crate::jobs::nudge();
@@ -123,6 +141,10 @@ pub fn start_background(state: &AppState) -> Background {
     ctx.jobs.backoff_base = state.config.job_backoff_base;
     ctx.jobs.backoff_cap = state.config.job_backoff_cap;
     let workers = crate::jobs::worker::spawn_workers(ctx, state.config.job_workers);
-    let delivery = crate::notify::worker::spawn_delivery(state.db.clone(), state.master_key.clone(), Default::default());
+    let delivery = crate::notify::worker::spawn_delivery(
+        state.db.clone(),
+        state.master_key.clone(),
+        Default::default(),
+    );
     Background { workers, delivery }
 }

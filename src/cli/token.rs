@@ -31,26 +31,55 @@ pub enum TokenCmd {
 
 pub async fn run(db: &Db, cmd: TokenCmd) -> Result<i32, String> {
     match cmd {
-        TokenCmd::Create { tenant, scope, name } => {
-            let scope = Scope::parse(&scope).ok_or_else(|| format!("scope {scope:?} must be scim, admin or auditor"))?;
+        TokenCmd::Create {
+            tenant,
+            scope,
+            name,
+        } => {
+            let scope = Scope::parse(&scope)
+                .ok_or_else(|| format!("scope {scope:?} must be scim, admin or auditor"))?;
             let t = super::tenant_named(db, &tenant).await?;
             let (token, row) = create(db, &t.id, scope, &name).await?;
-            eprintln!("created {} token {} ({}) for tenant {}; it is shown once:", scope.as_str(), row.id, row.name, t.name);
+            eprintln!(
+                "created {} token {} ({}) for tenant {}; it is shown once:",
+                scope.as_str(),
+                row.id,
+                row.name,
+                t.name
+            );
             println!("{token}");
             Ok(0)
         }
         TokenCmd::List { tenant } => {
             let t = super::tenant_named(db, &tenant).await?;
-            let rows = tenants::list_tokens(&db.pool, &t.id).await.map_err(|e| format!("database error: {e}"))?;
-            println!("{:<36}  {:<8}  {:<27}  {:<27}  NAME", "ID", "SCOPE", "CREATED", "REVOKED");
+            let rows = tenants::list_tokens(&db.pool, &t.id)
+                .await
+                .map_err(|e| format!("database error: {e}"))?;
+            println!(
+                "{:<36}  {:<8}  {:<27}  {:<27}  NAME",
+                "ID", "SCOPE", "CREATED", "REVOKED"
+            );
             for r in rows {
-                println!("{:<36}  {:<8}  {:<27}  {:<27}  {}", r.id, r.scope.as_str(), r.created, r.revoked.as_deref().unwrap_or("-"), r.name);
+                println!(
+                    "{:<36}  {:<8}  {:<27}  {:<27}  {}",
+                    r.id,
+                    r.scope.as_str(),
+                    r.created,
+                    r.revoked.as_deref().unwrap_or("-"),
+                    r.name
+                );
             }
             Ok(0)
         }
         TokenCmd::Revoke { id } => {
             let revoked = db
-                .write(move |conn| Box::pin(async move { tenants::revoke_token(conn, &id).await.map_err(crate::store::StoreError::from) }))
+                .write(move |conn| {
+                    Box::pin(async move {
+                        tenants::revoke_token(conn, &id)
+                            .await
+                            .map_err(crate::store::StoreError::from)
+                    })
+                })
                 .await
                 .map_err(|e: crate::store::StoreError| format!("database error: {e}"))?;
             if revoked {
@@ -64,11 +93,20 @@ pub async fn run(db: &Db, cmd: TokenCmd) -> Result<i32, String> {
 }
 
 /// Generates a token and stores its hash; returns the plaintext (show once) and the row.
-pub async fn create(db: &Db, tenant_id: &str, scope: Scope, name: &str) -> Result<(String, tenants::TokenRow), String> {
+pub async fn create(
+    db: &Db,
+    tenant_id: &str,
+    scope: Scope,
+    name: &str,
+) -> Result<(String, tenants::TokenRow), String> {
     let (token, hash) = generate_token(scope);
     let (tenant_id, name) = (tenant_id.to_string(), name.to_string());
     let row = db
-        .write(move |conn| Box::pin(async move { tenants::insert_token(conn, &tenant_id, scope, &name, &hash).await }))
+        .write(move |conn| {
+            Box::pin(
+                async move { tenants::insert_token(conn, &tenant_id, scope, &name, &hash).await },
+            )
+        })
         .await
         .map_err(|e: tenants::TenantError| e.to_string())?;
     Ok((token, row))

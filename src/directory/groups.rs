@@ -187,7 +187,9 @@ async fn check_refs(
     for r in refs {
         let id = r.value.trim().to_lowercase();
         if id.is_empty() {
-            return Err(DirError::Invalid(ScimError::invalid_value("a member has an empty \"value\"")));
+            return Err(DirError::Invalid(ScimError::invalid_value(
+                "a member has an empty \"value\"",
+            )));
         }
         if !declared.contains_key(&id) {
             let ty = match r.member_type.as_deref() {

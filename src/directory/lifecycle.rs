@@ -93,7 +93,15 @@ pub(crate) async fn record_lifecycle(
     .bind(now_ts())
     .execute(&mut *conn)
     .await?;
-    crate::engine::hooks::on_lifecycle_event(conn, actor, &actor.tenant_id, user_id, kind.as_str(), &detail).await?;
+    crate::engine::hooks::on_lifecycle_event(
+        conn,
+        actor,
+        &actor.tenant_id,
+        user_id,
+        kind.as_str(),
+        &detail,
+    )
+    .await?;
     Ok(())
 }
 

@@ -97,7 +97,8 @@ impl Directory {
                 let rows = bind_args(sqlx::query(&sql), &b.args)
                     .fetch_all(&self.db.pool)
                     .await?;
-                let items: Vec<super::StoredResource> = rows.iter().map(stored_from_row).collect::<Result<_, _>>()?;
+                let items: Vec<super::StoredResource> =
+                    rows.iter().map(stored_from_row).collect::<Result<_, _>>()?;
                 // A first page that is not full holds every match: that is the total, and the
                 // lookups IdPs send before every write (`userName eq "…"`) need no COUNT.
                 let total_results = if offset == 0 && (items.len() as u64) < q.count {

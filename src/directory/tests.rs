@@ -533,17 +533,30 @@ async fn membership_deltas_nesting_and_reference_checks() {
                 &g.id,
                 None,
                 Box::new(|s| Ok(s.resource.clone())),
-                vec![MemberChange::Add(vec![MemberRef { value: stale.clone(), member_type: None }])],
+                vec![MemberChange::Add(vec![MemberRef {
+                    value: stale.clone(),
+                    member_type: None,
+                }])],
             )
             .await
             .unwrap();
             let members = d.group_members("a", &g.id).await.unwrap();
-            let m = members.iter().find(|(id, _, _)| *id == stale.to_lowercase()).expect("kept");
+            let m = members
+                .iter()
+                .find(|(id, _, _)| *id == stale.to_lowercase())
+                .expect("kept");
             assert_eq!(m.2, "", "no display resolves across tenants");
             assert!(d.user_groups("b", &other.id).await.unwrap().is_empty() || other.id.is_empty());
-            d.update_group(&a, "a", &g.id, None, Box::new(|s| Ok(s.resource.clone())), vec![MemberChange::Remove(vec![stale.clone()])])
-                .await
-                .unwrap();
+            d.update_group(
+                &a,
+                "a",
+                &g.id,
+                None,
+                Box::new(|s| Ok(s.resource.clone())),
+                vec![MemberChange::Remove(vec![stale.clone()])],
+            )
+            .await
+            .unwrap();
         }
         // A group containing itself is 400 invalidValue.
         for bad in [g.id.clone()] {
@@ -1406,9 +1419,17 @@ async fn tenants_are_isolated() {
             )
             .await;
         assert!(e.is_ok(), "an unresolvable id is kept, not refused: {e:?}");
-        assert_eq!(d.group_members("b", &gb.id).await.unwrap()[0].2, "", "tenant a's userName does not show");
+        assert_eq!(
+            d.group_members("b", &gb.id).await.unwrap()[0].2,
+            "",
+            "tenant a's userName does not show"
+        );
         assert!(
-            d.user_groups("a", &ua.id).await.unwrap().iter().all(|g| g.value != gb.id),
+            d.user_groups("a", &ua.id)
+                .await
+                .unwrap()
+                .iter()
+                .all(|g| g.value != gb.id),
             "tenant b's group does not show on tenant a's user"
         );
         // Tenant a is untouched.

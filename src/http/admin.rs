@@ -494,7 +494,9 @@ async fn put_policy(
         .db
         .write(move |conn: &mut AnyConnection| {
             Box::pin(async move {
-                let change = crate::policy::change::change_policy(conn, &tenant, &text, &set_by, actor).await?;
+                let change =
+                    crate::policy::change::change_policy(conn, &tenant, &text, &set_by, actor)
+                        .await?;
                 Ok::<_, TxError>((change.version, change.users_queued))
             })
         })

@@ -13,17 +13,26 @@ use crate::auth::{AuthError, Principal, Scope};
 use crate::directory::{Actor, ActorKind};
 
 fn authorization(req: &HttpRequest) -> Option<String> {
-    req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string)
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
-async fn authenticate(req: HttpRequest, scopes: &'static [Scope]) -> Result<(Principal, RequestMeta), AuthError> {
+async fn authenticate(
+    req: HttpRequest,
+    scopes: &'static [Scope],
+) -> Result<(Principal, RequestMeta), AuthError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .cloned()
         .ok_or_else(|| AuthError::Unavailable("application state missing".into()))?;
     let meta = RequestMeta::of(&req);
     let header = authorization(&req);
-    let principal = state.auth.authenticate(header.as_deref(), meta.client_ip, scopes).await?;
+    let principal = state
+        .auth
+        .authenticate(header.as_deref(), meta.client_ip, scopes)
+        .await?;
     Ok((principal, meta))
 }
 
@@ -106,7 +115,8 @@ impl std::fmt::Display for AdminAuthError {
 impl actix_web::ResponseError for AdminAuthError {
     fn status_code(&self) -> actix_web::http::StatusCode {
         let e = super::error::auth_scim_error(&self.0);
-        actix_web::http::StatusCode::from_u16(e.status).unwrap_or(actix_web::http::StatusCode::UNAUTHORIZED)
+        actix_web::http::StatusCode::from_u16(e.status)
+            .unwrap_or(actix_web::http::StatusCode::UNAUTHORIZED)
     }
     fn error_response(&self) -> actix_web::HttpResponse {
         let e = super::error::auth_scim_error(&self.0);
@@ -129,7 +139,9 @@ impl FromRequest for AdminPrincipal {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let req = req.clone();
         Box::pin(async move {
-            let (principal, meta) = authenticate(req, &[Scope::Admin, Scope::Auditor]).await.map_err(AdminAuthError)?;
+            let (principal, meta) = authenticate(req, &[Scope::Admin, Scope::Auditor])
+                .await
+                .map_err(AdminAuthError)?;
             Ok(AdminPrincipal { principal, meta })
         })
     }

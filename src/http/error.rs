@@ -65,7 +65,10 @@ pub fn auth_headers(e: &AuthError, res: &mut actix_web::HttpResponseBuilder) {
             res.insert_header(("WWW-Authenticate", "Bearer realm=\"deprovd\""));
         }
         AuthError::Invalid(_) => {
-            res.insert_header(("WWW-Authenticate", "Bearer realm=\"deprovd\", error=\"invalid_token\""));
+            res.insert_header((
+                "WWW-Authenticate",
+                "Bearer realm=\"deprovd\", error=\"invalid_token\"",
+            ));
         }
         AuthError::TooManyAttempts { retry_after_secs } => {
             res.insert_header(("Retry-After", retry_after_secs.to_string()));
@@ -79,7 +82,9 @@ pub fn scim_error_response(e: &ScimError) -> HttpResponse {
         tracing::error!(detail = %e.detail, "internal error");
     }
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(status).content_type(SCIM_CONTENT_TYPE).body(e.to_json().to_string())
+    HttpResponse::build(status)
+        .content_type(SCIM_CONTENT_TYPE)
+        .body(e.to_json().to_string())
 }
 
 impl ResponseError for ScimHttpError {
@@ -99,7 +104,8 @@ impl ResponseError for ScimHttpError {
                 let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::UNAUTHORIZED);
                 let mut res = HttpResponse::build(status);
                 auth_headers(a, &mut res);
-                res.content_type(SCIM_CONTENT_TYPE).body(e.to_json().to_string())
+                res.content_type(SCIM_CONTENT_TYPE)
+                    .body(e.to_json().to_string())
             }
         }
     }

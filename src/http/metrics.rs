@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Latency bucket bounds in seconds.
-const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -26,7 +28,8 @@ pub struct Metrics {
 impl Metrics {
     pub fn observe(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
         if let Ok(mut m) = self.requests.lock() {
-            *m.entry((route.to_string(), method.to_string(), status)).or_default() += 1;
+            *m.entry((route.to_string(), method.to_string(), status))
+                .or_default() += 1;
         }
         let secs = elapsed.as_secs_f64();
         if let Ok(mut m) = self.latency.lock() {
@@ -58,7 +61,9 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP deprovd_http_request_duration_seconds HTTP request latency by route pattern.\n");
+        out.push_str(
+            "# HELP deprovd_http_request_duration_seconds HTTP request latency by route pattern.\n",
+        );
         out.push_str("# TYPE deprovd_http_request_duration_seconds histogram\n");
         if let Ok(m) = self.latency.lock() {
             for (route, h) in m.iter() {
@@ -66,20 +71,37 @@ impl Metrics {
                 for (i, bound) in BUCKETS.iter().enumerate() {
                     let _ = writeln!(out, "deprovd_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"{bound}\"}} {}", h.counts[i]);
                 }
-                let _ = writeln!(out, "deprovd_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}", h.count);
-                let _ = writeln!(out, "deprovd_http_request_duration_seconds_sum{{route=\"{r}\"}} {}", h.sum);
-                let _ = writeln!(out, "deprovd_http_request_duration_seconds_count{{route=\"{r}\"}} {}", h.count);
+                let _ = writeln!(
+                    out,
+                    "deprovd_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}",
+                    h.count
+                );
+                let _ = writeln!(
+                    out,
+                    "deprovd_http_request_duration_seconds_sum{{route=\"{r}\"}} {}",
+                    h.sum
+                );
+                let _ = writeln!(
+                    out,
+                    "deprovd_http_request_duration_seconds_count{{route=\"{r}\"}} {}",
+                    h.count
+                );
             }
         }
         for (name, help, value) in extra {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         out
     }
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -93,11 +115,19 @@ mod tests {
         m.observe("/scim/v2/Users", "GET", 200, Duration::from_millis(30));
         m.observe("/scim/v2/Users", "POST", 409, Duration::from_millis(1));
         let text = m.render(&[("deprovd_db_pool_size", "Pool connections.", 4.0)]);
-        assert!(text.contains("deprovd_http_requests_total{route=\"/scim/v2/Users\",method=\"GET\",status=\"200\"} 2"));
+        assert!(text.contains(
+            "deprovd_http_requests_total{route=\"/scim/v2/Users\",method=\"GET\",status=\"200\"} 2"
+        ));
         assert!(text.contains("status=\"409\"} 1"));
-        assert!(text.contains("deprovd_http_request_duration_seconds_bucket{route=\"/scim/v2/Users\",le=\"0.005\"} 2"));
-        assert!(text.contains("deprovd_http_request_duration_seconds_bucket{route=\"/scim/v2/Users\",le=\"0.025\"} 2"));
-        assert!(text.contains("deprovd_http_request_duration_seconds_bucket{route=\"/scim/v2/Users\",le=\"0.05\"} 3"));
+        assert!(text.contains(
+            "deprovd_http_request_duration_seconds_bucket{route=\"/scim/v2/Users\",le=\"0.005\"} 2"
+        ));
+        assert!(text.contains(
+            "deprovd_http_request_duration_seconds_bucket{route=\"/scim/v2/Users\",le=\"0.025\"} 2"
+        ));
+        assert!(text.contains(
+            "deprovd_http_request_duration_seconds_bucket{route=\"/scim/v2/Users\",le=\"0.05\"} 3"
+        ));
         assert!(text.contains("deprovd_db_pool_size 4"));
     }
 }

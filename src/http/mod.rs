@@ -43,10 +43,16 @@ pub struct RequestMeta {
 
 impl RequestMeta {
     pub fn of(req: &HttpRequest) -> RequestMeta {
-        req.extensions().get::<RequestMeta>().cloned().unwrap_or_else(|| RequestMeta {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            client_ip: req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1])),
-        })
+        req.extensions()
+            .get::<RequestMeta>()
+            .cloned()
+            .unwrap_or_else(|| RequestMeta {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                client_ip: req
+                    .peer_addr()
+                    .map(|a| a.ip())
+                    .unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            })
     }
 }
 
@@ -55,10 +61,18 @@ fn request_meta(req: &actix_web::dev::ServiceRequest, trusted: &[IpAddr]) -> Req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let peer = req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let client_ip = if trusted.contains(&peer) {
         req.headers()
             .get("x-forwarded-for")
@@ -69,7 +83,10 @@ fn request_meta(req: &actix_web::dev::ServiceRequest, trusted: &[IpAddr]) -> Req
     } else {
         peer
     };
-    RequestMeta { request_id, client_ip }
+    RequestMeta {
+        request_id,
+        client_ip,
+    }
 }
 
 pub struct Application {
@@ -125,7 +142,11 @@ impl Application {
         .listen(listener)?
         .shutdown_timeout(10)
         .run();
-        Ok(Application { port, server, state })
+        Ok(Application {
+            port,
+            server,
+            state,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -147,9 +168,13 @@ async fn healthz() -> HttpResponse {
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.db.ping().await {
-        HttpResponse::Ok().content_type("text/plain").body("ready\n")
+        HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n")
     } else {
-        HttpResponse::ServiceUnavailable().content_type("text/plain").body("database unreachable\n")
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("database unreachable\n")
     }
 }
 
@@ -157,10 +182,28 @@ async fn metrics_endpoint(state: web::Data<AppState>) -> HttpResponse {
     let (size, idle) = state.db.pool_stats();
     let (batches, ops) = state.db.write_stats();
     let body = state.metrics.render(&[
-        ("deprovd_db_pool_connections", "Open database connections.", size as f64),
-        ("deprovd_db_pool_idle", "Idle database connections.", idle as f64),
-        ("deprovd_db_write_batches", "Write transactions committed (SQLite batches several writes per commit).", batches as f64),
-        ("deprovd_db_write_ops", "Write operations committed.", ops as f64),
+        (
+            "deprovd_db_pool_connections",
+            "Open database connections.",
+            size as f64,
+        ),
+        (
+            "deprovd_db_pool_idle",
+            "Idle database connections.",
+            idle as f64,
+        ),
+        (
+            "deprovd_db_write_batches",
+            "Write transactions committed (SQLite batches several writes per commit).",
+            batches as f64,
+        ),
+        (
+            "deprovd_db_write_ops",
+            "Write operations committed.",
+            ops as f64,
+        ),
     ]);
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(body)
 }

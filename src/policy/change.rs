@@ -25,7 +25,10 @@ pub async fn change_policy(
     let before = latest_version(conn, tenant).await?;
     let version = set_policy(conn, tenant, text, set_by).await?;
     if before == Some(version.version) {
-        return Ok(PolicyChange { version, users_queued: None });
+        return Ok(PolicyChange {
+            version,
+            users_queued: None,
+        });
     }
     let entry = AuditEntry::new(
         "policy.set",
@@ -38,5 +41,8 @@ pub async fn change_policy(
     for id in &ids {
         crate::jobs::enqueue_converge(conn, tenant, id, "policy_changed", None).await?;
     }
-    Ok(PolicyChange { version, users_queued: Some(ids.len()) })
+    Ok(PolicyChange {
+        version,
+        users_queued: Some(ids.len()),
+    })
 }

@@ -60,7 +60,7 @@ pub enum StoreError {
 /// Tuning for [`Db::connect_with`].
 #[derive(Debug, Clone, Default)]
 pub struct DbOptions {
-    /// Pool size for reads (and PostgreSQL writes). Default: SQLite 2×cores+2, PostgreSQL 10.
+    /// Pool size for reads (and PostgreSQL writes). Default: SQLite 8×cores (8 to 64), PostgreSQL 10; `DEPROVD_DB_MAX_CONNECTIONS` overrides.
     pub max_connections: Option<u32>,
 }
 
@@ -190,7 +190,9 @@ fn create_private_file(url: &str) -> Result<(), StoreError> {
     match open.open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StoreError::Config(format!("cannot create the database file {path}: {e}"))),
+        Err(e) => Err(StoreError::Config(format!(
+            "cannot create the database file {path}: {e}"
+        ))),
     }
 }
 
@@ -226,7 +228,10 @@ fn sqlite_pragmas(conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Er
 fn default_pool_size(engine: Engine) -> u32 {
     // An operator's override (`DEPROVD_DB_MAX_CONNECTIONS`), e.g. to fit a PostgreSQL
     // server's max_connections across replicas.
-    if let Some(n) = std::env::var("DEPROVD_DB_MAX_CONNECTIONS").ok().and_then(|v| v.parse::<u32>().ok()) {
+    if let Some(n) = std::env::var("DEPROVD_DB_MAX_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
         return n.clamp(1, 256);
     }
     match engine {

@@ -26,20 +26,37 @@ async fn entra_user(app: &TestApp, name: &str) -> String {
 #[tokio::test]
 async fn entra_test_connection_and_case_insensitive_filters() {
     for app in apps().await {
-        let r = app.filter("/Users", &format!("userName eq \"{}\"", uuid::Uuid::new_v4())).await;
+        let r = app
+            .filter(
+                "/Users",
+                &format!("userName eq \"{}\"", uuid::Uuid::new_v4()),
+            )
+            .await;
         assert_eq!(r.status, 200);
         assert_eq!(r.body["totalResults"], 0);
         let id = entra_user(&app, "Case").await;
-        let r = app.filter("/Users", "userName eq \"CASE@CONTOSO.COM\"").await;
+        let r = app
+            .filter("/Users", "userName eq \"CASE@CONTOSO.COM\"")
+            .await;
         assert_eq!(r.body["totalResults"], 1, "[{}] {}", app.engine, r.text);
         let r = app.filter("/Users", "externalId eq \"ext-Case\"").await;
         assert_eq!(r.body["Resources"][0]["id"], id.as_str());
-        let r = app.filter("/Users", "emails[type eq \"work\"].value eq \"case@contoso.com\"").await;
+        let r = app
+            .filter(
+                "/Users",
+                "emails[type eq \"work\"].value eq \"case@contoso.com\"",
+            )
+            .await;
         assert_eq!(r.body["totalResults"], 1, "[{}] {}", app.engine, r.text);
         app.create_group("Sales", &[]).await;
         let r = app.filter("/Groups", "displayName eq \"SALES\"").await;
         assert_eq!(r.body["totalResults"], 1, "[{}] {}", app.engine, r.text);
-        let r = app.post("/Groups", &json!({"schemas": [GROUP], "displayName": "sales"})).await;
+        let r = app
+            .post(
+                "/Groups",
+                &json!({"schemas": [GROUP], "displayName": "sales"}),
+            )
+            .await;
         assert_eq!(r.status, 409, "duplicate group displayName: {}", r.text);
         assert_eq!(r.body["scimType"], "uniqueness");
     }
@@ -48,9 +65,20 @@ async fn entra_test_connection_and_case_insensitive_filters() {
 #[tokio::test]
 async fn entra_disable_with_string_booleans() {
     for app in apps().await {
-        for (op, value) in [("Replace", json!("False")), ("Replace", json!("True")), ("Replace", json!("false")), ("Add", json!("True")), ("Add", json!("False"))] {
+        for (op, value) in [
+            ("Replace", json!("False")),
+            ("Replace", json!("True")),
+            ("Replace", json!("false")),
+            ("Add", json!("True")),
+            ("Add", json!("False")),
+        ] {
             let id = entra_user(&app, &format!("b{}", uuid::Uuid::new_v4().simple())).await;
-            let r = app.patch(&format!("/Users/{id}"), &patch(json!([{"op": op, "path": "active", "value": value}]))).await;
+            let r = app
+                .patch(
+                    &format!("/Users/{id}"),
+                    &patch(json!([{"op": op, "path": "active", "value": value}])),
+                )
+                .await;
             assert_eq!(r.status, 200, "[{}] {op} {value}: {}", app.engine, r.text);
             let want = value.as_str().unwrap().eq_ignore_ascii_case("true");
             assert_eq!(r.body["active"], want, "[{}] {op} {value}", app.engine);
@@ -78,17 +106,30 @@ async fn entra_bundled_patch_with_manager_string_deactivates() {
         assert_eq!(r.status, 200, "[{}] {}", app.engine, r.text);
         assert_eq!(r.body["active"], false);
         assert_eq!(r.body["emails"][0]["value"], "new@contoso.com");
-        assert_eq!(r.body["phoneNumbers"][0], json!({"type": "work", "value": "+1 555 0100"}));
+        assert_eq!(
+            r.body["phoneNumbers"][0],
+            json!({"type": "work", "value": "+1 555 0100"})
+        );
         assert_eq!(r.body[ENTERPRISE]["manager"]["value"], boss.as_str());
         assert_eq!(r.body[ENTERPRISE]["department"], "Finance");
         // validator form of manager, then Remove clears it
         let r = app.patch(&format!("/Users/{id}"), &patch(json!([{"op": "Replace", "path": format!("{ENTERPRISE}:manager"), "value": {"value": boss}}]))).await;
         assert_eq!(r.status, 200, "{}", r.text);
-        let r = app.patch(&format!("/Users/{id}"), &patch(json!([{"op": "Remove", "path": format!("{ENTERPRISE}:manager")}]))).await;
+        let r = app
+            .patch(
+                &format!("/Users/{id}"),
+                &patch(json!([{"op": "Remove", "path": format!("{ENTERPRISE}:manager")}])),
+            )
+            .await;
         assert_eq!(r.status, 200, "{}", r.text);
         assert!(r.body[ENTERPRISE].get("manager").is_none(), "{}", r.text);
         // null update clears
-        let r = app.patch(&format!("/Users/{id}"), &patch(json!([{"op": "Replace", "path": "displayName", "value": ""}]))).await;
+        let r = app
+            .patch(
+                &format!("/Users/{id}"),
+                &patch(json!([{"op": "Replace", "path": "displayName", "value": ""}])),
+            )
+            .await;
         assert_eq!(r.status, 200);
         assert!(r.body.get("displayName").is_none(), "{}", r.text);
     }
@@ -126,26 +167,48 @@ async fn entra_group_members_add_and_remove_by_value_list() {
         let r = app
             .post("/Groups", &json!({"schemas": [GROUP, "urn:ietf:params:scim:schemas:extension:ADSCIM:2.0:Group"], "displayName": "Entra Group", "externalId": "e1", "members": []}))
             .await;
-        assert_eq!(r.status, 201, "[{}] unknown extension URN ignored: {}", app.engine, r.text);
+        assert_eq!(
+            r.status, 201,
+            "[{}] unknown extension URN ignored: {}",
+            app.engine, r.text
+        );
         let gid = r.body["id"].as_str().unwrap().to_string();
         let r = app
             .patch(&format!("/Groups/{gid}"), &patch(json!([{"op": "Add", "path": "members", "value": [{"$ref": null, "value": a}, {"$ref": null, "value": b}, {"$ref": null, "value": c}]}])))
             .await;
         assert_eq!(r.status, 200, "[{}] {}", app.engine, r.text);
-        let r = app.patch(&format!("/Groups/{gid}"), &patch(json!([{"op": "Remove", "path": "members", "value": [{"value": a}]}]))).await;
+        let r = app
+            .patch(
+                &format!("/Groups/{gid}"),
+                &patch(json!([{"op": "Remove", "path": "members", "value": [{"value": a}]}])),
+            )
+            .await;
         assert_eq!(r.status, 200, "{}", r.text);
         let g = app.get(&format!("/Groups/{gid}")).await;
-        let mut members: Vec<String> = g.body["members"].as_array().unwrap().iter().map(|m| m["value"].as_str().unwrap().to_string()).collect();
+        let mut members: Vec<String> = g.body["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["value"].as_str().unwrap().to_string())
+            .collect();
         members.sort();
         let mut want = vec![b.clone(), c.clone()];
         want.sort();
-        assert_eq!(members, want, "[{}] removes only the listed member, not all (scimple #436)", app.engine);
+        assert_eq!(
+            members, want,
+            "[{}] removes only the listed member, not all (scimple #436)",
+            app.engine
+        );
         // reads with excludedAttributes=members
-        let r = app.get(&format!("/Groups/{gid}?excludedAttributes=members")).await;
+        let r = app
+            .get(&format!("/Groups/{gid}?excludedAttributes=members"))
+            .await;
         assert_eq!(r.status, 200);
         assert!(r.body.get("members").is_none(), "{}", r.text);
         assert_eq!(r.body["displayName"], "Entra Group");
-        let r = app.filter("/Groups", "displayName eq \"Entra Group\"").await;
+        let r = app
+            .filter("/Groups", "displayName eq \"Entra Group\"")
+            .await;
         assert_eq!(r.body["totalResults"], 1);
     }
 }

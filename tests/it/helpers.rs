@@ -34,7 +34,10 @@ impl Drop for TestApp {
 /// One app per engine under test.
 pub async fn apps() -> Vec<TestApp> {
     let mut out = vec![spawn_app("sqlite").await];
-    if std::env::var("DEPROVD_TEST_PG").map(|v| !v.is_empty()).unwrap_or(false) {
+    if std::env::var("DEPROVD_TEST_PG")
+        .map(|v| !v.is_empty())
+        .unwrap_or(false)
+    {
         out.push(spawn_app("postgres").await);
     }
     out
@@ -48,8 +51,13 @@ pub async fn fresh_database_url(engine: &str, dir: &std::path::Path) -> String {
             let base = base.trim_end_matches('/').to_string();
             let name = format!("deprovd_it_{}", uuid::Uuid::new_v4().simple());
             sqlx::any::install_default_drivers();
-            let mut admin = sqlx::AnyConnection::connect(&format!("{base}/postgres")).await.expect("connect to PostgreSQL");
-            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
+            let mut admin = sqlx::AnyConnection::connect(&format!("{base}/postgres"))
+                .await
+                .expect("connect to PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut admin)
+                .await
+                .expect("create test database");
             let _ = admin.close().await;
             format!("{base}/{name}")
         }
@@ -63,12 +71,15 @@ pub async fn spawn_app(engine: &'static str) -> TestApp {
 pub async fn spawn_app_with(engine: &'static str, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let database_url = fresh_database_url(engine, dir.path()).await;
-    let mut config = Config::load_from(&Sources::default(), &Default::default()).expect("default config");
+    let mut config =
+        Config::load_from(&Sources::default(), &Default::default()).expect("default config");
     config.database_url = database_url.clone();
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.master_key = Some(deprovd_test_key());
     tweak(&mut config);
-    let (state, tokens) = deprovd::cli::serve::prepare(config).await.expect("prepare app");
+    let (state, tokens) = deprovd::cli::serve::prepare(config)
+        .await
+        .expect("prepare app");
     let tokens = tokens.expect("a fresh database prints first-run tokens");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let app = Application::build(state, listener).expect("build app");
@@ -107,7 +118,10 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
 }
 
@@ -116,7 +130,13 @@ impl TestApp {
         format!("{}/scim/v2{}", self.base, path)
     }
 
-    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>, token: Option<&str>) -> Resp {
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> Resp {
         let mut req = self.client.request(method, self.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -127,36 +147,71 @@ impl TestApp {
         into_resp(req.send().await.expect("request")).await
     }
 
-    pub async fn raw(&self, method: reqwest::Method, path: &str, content_type: &str, body: Vec<u8>) -> Resp {
-        let req = self.client.request(method, self.url(path)).bearer_auth(&self.scim_token).header("content-type", content_type).body(body);
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Resp {
+        let req = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(&self.scim_token)
+            .header("content-type", content_type)
+            .body(body);
         into_resp(req.send().await.expect("request")).await
     }
 
     pub async fn get(&self, path: &str) -> Resp {
-        self.send(reqwest::Method::GET, path, None, Some(&self.scim_token)).await
+        self.send(reqwest::Method::GET, path, None, Some(&self.scim_token))
+            .await
     }
     pub async fn post(&self, path: &str, body: &Value) -> Resp {
-        self.send(reqwest::Method::POST, path, Some(body), Some(&self.scim_token)).await
+        self.send(
+            reqwest::Method::POST,
+            path,
+            Some(body),
+            Some(&self.scim_token),
+        )
+        .await
     }
     pub async fn put(&self, path: &str, body: &Value) -> Resp {
-        self.send(reqwest::Method::PUT, path, Some(body), Some(&self.scim_token)).await
+        self.send(
+            reqwest::Method::PUT,
+            path,
+            Some(body),
+            Some(&self.scim_token),
+        )
+        .await
     }
     pub async fn patch(&self, path: &str, body: &Value) -> Resp {
-        self.send(reqwest::Method::PATCH, path, Some(body), Some(&self.scim_token)).await
+        self.send(
+            reqwest::Method::PATCH,
+            path,
+            Some(body),
+            Some(&self.scim_token),
+        )
+        .await
     }
     pub async fn delete(&self, path: &str) -> Resp {
-        self.send(reqwest::Method::DELETE, path, None, Some(&self.scim_token)).await
+        self.send(reqwest::Method::DELETE, path, None, Some(&self.scim_token))
+            .await
     }
 
     /// `GET /scim/v2/Users?filter=…` with the filter URL-encoded.
     pub async fn filter(&self, endpoint: &str, filter: &str) -> Resp {
-        let url = reqwest::Url::parse_with_params(&self.url(endpoint), &[("filter", filter)]).unwrap();
+        let url =
+            reqwest::Url::parse_with_params(&self.url(endpoint), &[("filter", filter)]).unwrap();
         let path = format!("{}?{}", endpoint, url.query().unwrap_or(""));
         self.get(&path).await
     }
 
     pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Resp {
-        let mut req = self.client.request(method, format!("{}{}", self.base, path)).bearer_auth(&self.admin_token);
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.admin_token);
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -166,14 +221,27 @@ impl TestApp {
     /// Creates a user and returns its SCIM JSON.
     pub async fn create_user(&self, user_name: &str) -> Value {
         let r = self.post("/Users", &user(user_name)).await;
-        assert_eq!(r.status, 201, "[{}] create {user_name}: {}", self.engine, r.text);
+        assert_eq!(
+            r.status, 201,
+            "[{}] create {user_name}: {}",
+            self.engine, r.text
+        );
         r.body
     }
 
     pub async fn create_group(&self, name: &str, members: &[&str]) -> Value {
         let members: Vec<Value> = members.iter().map(|m| json!({"value": m})).collect();
-        let r = self.post("/Groups", &json!({"schemas": [GROUP], "displayName": name, "members": members})).await;
-        assert_eq!(r.status, 201, "[{}] create group {name}: {}", self.engine, r.text);
+        let r = self
+            .post(
+                "/Groups",
+                &json!({"schemas": [GROUP], "displayName": name, "members": members}),
+            )
+            .await;
+        assert_eq!(
+            r.status, 201,
+            "[{}] create group {name}: {}",
+            self.engine, r.text
+        );
         r.body
     }
 }
@@ -183,7 +251,12 @@ async fn into_resp(r: reqwest::Response) -> Resp {
     let headers = r.headers().clone();
     let text = r.text().await.unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Resp { status, headers, body, text }
+    Resp {
+        status,
+        headers,
+        body,
+        text,
+    }
 }
 
 pub const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";

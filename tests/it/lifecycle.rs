@@ -47,13 +47,25 @@ pub async fn set_policy(app: &TestApp, text: &str) {
 }
 
 pub async fn enroll(app: &TestApp, user_id: &str, body: Value) -> Value {
-    let r = app.admin(Method::POST, &format!("/admin/v1/users/{user_id}/factors"), Some(&body)).await;
+    let r = app
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/users/{user_id}/factors"),
+            Some(&body),
+        )
+        .await;
     assert_eq!(r.status, 201, "[{}] enroll {body}: {}", app.engine, r.text);
     r.body
 }
 
 pub async fn factors(app: &TestApp, user_id: &str) -> Value {
-    let r = app.admin(Method::GET, &format!("/admin/v1/users/{user_id}/factors"), None).await;
+    let r = app
+        .admin(
+            Method::GET,
+            &format!("/admin/v1/users/{user_id}/factors"),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 200, "[{}] {}", app.engine, r.text);
     r.body
 }
@@ -63,28 +75,44 @@ pub fn statuses(v: &Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| (f["type"].as_str().unwrap().to_string(), f["status"].as_str().unwrap().to_string()))
+        .map(|f| {
+            (
+                f["type"].as_str().unwrap().to_string(),
+                f["status"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     out.sort();
     out
 }
 
 /// Polls until `done` holds or the bound passes; returns how long it took.
-pub async fn wait_for(app: &TestApp, user_id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Duration {
+pub async fn wait_for(
+    app: &TestApp,
+    user_id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Duration {
     let start = Instant::now();
     loop {
         let v = factors(app, user_id).await;
         if done(&v) {
             return start.elapsed();
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "[{}] timed out waiting for {what}: {v}", app.engine);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "[{}] timed out waiting for {what}: {v}",
+            app.engine
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 pub async fn new_session(app: &TestApp, user_key: &str) {
     let tenant = crate::users::default_tenant_id(app).await;
-    deprovd::factors::create_session(&app.state.db, &tenant, user_key).await.unwrap();
+    deprovd::factors::create_session(&app.state.db, &tenant, user_key)
+        .await
+        .unwrap();
 }
 
 pub fn all_status(v: &Value, status: &str) -> bool {
@@ -93,13 +121,28 @@ pub fn all_status(v: &Value, status: &str) -> bool {
 }
 
 pub fn sessions_revoked(v: &Value) -> bool {
-    v["sessions"].as_array().unwrap().iter().all(|s| s["revoked"] == true)
+    v["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["revoked"] == true)
 }
 
 async fn audit_kinds(app: &TestApp, user_id: &str) -> Vec<String> {
-    let r = app.admin(Method::GET, &format!("/admin/v1/audit?user={user_id}&limit=500"), None).await;
+    let r = app
+        .admin(
+            Method::GET,
+            &format!("/admin/v1/audit?user={user_id}&limit=500"),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    r.body["entries"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect()
+    r.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -107,9 +150,18 @@ async fn deactivation_suspends_reactivation_resumes_and_revoke_after_revokes() {
     for app in apps().await {
         let e = app.engine;
         set_policy(&app, POLICY).await;
-        let id = app.create_user("leaver@example.com").await["id"].as_str().unwrap().to_string();
+        let id = app.create_user("leaver@example.com").await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let totp = enroll(&app, &id, json!({"type": "totp", "label": "phone"})).await;
-        assert!(totp["otpauthUri"].as_str().unwrap().starts_with("otpauth://totp/"), "[{e}] {totp}");
+        assert!(
+            totp["otpauthUri"]
+                .as_str()
+                .unwrap()
+                .starts_with("otpauth://totp/"),
+            "[{e}] {totp}"
+        );
         enroll(&app, &id, json!({"type": "webauthn", "label": "key", "credentialId": "cred-1", "publicKey": "pk-1"})).await;
         let codes = enroll(&app, &id, json!({"type": "recovery_codes"})).await;
         assert_eq!(codes["recoveryCodes"].as_array().unwrap().len(), 10);
@@ -118,9 +170,17 @@ async fn deactivation_suspends_reactivation_resumes_and_revoke_after_revokes() {
         assert_eq!(statuses(&factors(&app, &id).await).len(), 3);
 
         // deactivate through SCIM, as Okta sends it
-        let r = app.patch(&format!("/Users/{id}"), &patch(json!([{"op": "replace", "value": {"active": false}}]))).await;
+        let r = app
+            .patch(
+                &format!("/Users/{id}"),
+                &patch(json!([{"op": "replace", "value": {"active": false}}])),
+            )
+            .await;
         assert_eq!(r.status, 200, "[{e}] {}", r.text);
-        let took = wait_for(&app, &id, "suspension", |v| all_status(v, "suspended") && sessions_revoked(v)).await;
+        let took = wait_for(&app, &id, "suspension", |v| {
+            all_status(v, "suspended") && sessions_revoked(v)
+        })
+        .await;
         println!("[{e}] deactivation → all factors suspended and sessions revoked in {took:?}");
 
         // the audit shows the SCIM write, the decision and each action (each outcome is
@@ -128,27 +188,57 @@ async fn deactivation_suspends_reactivation_resumes_and_revoke_after_revokes() {
         let start = Instant::now();
         let kinds = loop {
             let kinds = audit_kinds(&app, &id).await;
-            if kinds.iter().filter(|k| *k == "action.executed").count() >= 4 || start.elapsed() > Duration::from_secs(20) {
+            if kinds.iter().filter(|k| *k == "action.executed").count() >= 4
+                || start.elapsed() > Duration::from_secs(20)
+            {
                 break kinds;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        assert!(kinds.contains(&"scim.user.deactivated".to_string()), "[{e}] {kinds:?}");
-        assert!(kinds.contains(&"policy.decision".to_string()), "[{e}] {kinds:?}");
-        assert!(kinds.iter().filter(|k| *k == "action.executed").count() >= 4, "[{e}] 3 suspensions + sessions: {kinds:?}");
+        assert!(
+            kinds.contains(&"scim.user.deactivated".to_string()),
+            "[{e}] {kinds:?}"
+        );
+        assert!(
+            kinds.contains(&"policy.decision".to_string()),
+            "[{e}] {kinds:?}"
+        );
+        assert!(
+            kinds.iter().filter(|k| *k == "action.executed").count() >= 4,
+            "[{e}] 3 suspensions + sessions: {kinds:?}"
+        );
 
         // reactivation within revoke_after resumes them
-        let r = app.patch(&format!("/Users/{id}"), &patch(json!([{"op": "Replace", "path": "active", "value": "True"}]))).await;
+        let r = app
+            .patch(
+                &format!("/Users/{id}"),
+                &patch(json!([{"op": "Replace", "path": "active", "value": "True"}])),
+            )
+            .await;
         assert_eq!(r.status, 200);
         wait_for(&app, &id, "resume", |v| all_status(v, "active")).await;
 
         // deactivate again and let revoke_after (3 s) pass: revoked, not resumable
-        app.patch(&format!("/Users/{id}"), &patch(json!([{"op": "replace", "path": "active", "value": false}]))).await;
+        app.patch(
+            &format!("/Users/{id}"),
+            &patch(json!([{"op": "replace", "path": "active", "value": false}])),
+        )
+        .await;
         wait_for(&app, &id, "suspension", |v| all_status(v, "suspended")).await;
-        wait_for(&app, &id, "revocation after revoke_after", |v| all_status(v, "revoked")).await;
-        app.patch(&format!("/Users/{id}"), &patch(json!([{"op": "replace", "path": "active", "value": true}]))).await;
+        wait_for(&app, &id, "revocation after revoke_after", |v| {
+            all_status(v, "revoked")
+        })
+        .await;
+        app.patch(
+            &format!("/Users/{id}"),
+            &patch(json!([{"op": "replace", "path": "active", "value": true}])),
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(all_status(&factors(&app, &id).await, "revoked"), "[{e}] revoked factors stay revoked; the user re-enrolls");
+        assert!(
+            all_status(&factors(&app, &id).await, "revoked"),
+            "[{e}] revoked factors stay revoked; the user re-enrolls"
+        );
     }
 }
 
@@ -156,21 +246,42 @@ async fn deactivation_suspends_reactivation_resumes_and_revoke_after_revokes() {
 async fn delete_revokes_at_once() {
     for app in apps().await {
         set_policy(&app, POLICY).await;
-        let id = app.create_user("deleted@example.com").await["id"].as_str().unwrap().to_string();
+        let id = app.create_user("deleted@example.com").await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         enroll(&app, &id, json!({"type": "totp"})).await;
-        enroll(&app, &id, json!({"type": "sms", "destination": "+15550100"})).await;
+        enroll(
+            &app,
+            &id,
+            json!({"type": "sms", "destination": "+15550100"}),
+        )
+        .await;
         new_session(&app, "deleted@example.com").await;
         let tenant = crate::users::default_tenant_id(&app).await;
         assert_eq!(app.delete(&format!("/Users/{id}")).await.status, 204);
         // the user is gone from the directory; read the factor store by its link key
         let start = Instant::now();
         loop {
-            let list = deprovd::factors::list(&app.state.db, &tenant, "deleted@example.com").await.unwrap();
-            let sessions = deprovd::factors::list_sessions(&app.state.db, &tenant, "deleted@example.com").await.unwrap();
-            if list.iter().all(|f| f.status == deprovd::factors::FactorStatus::Revoked) && sessions.iter().all(|s| s.revoked) {
+            let list = deprovd::factors::list(&app.state.db, &tenant, "deleted@example.com")
+                .await
+                .unwrap();
+            let sessions =
+                deprovd::factors::list_sessions(&app.state.db, &tenant, "deleted@example.com")
+                    .await
+                    .unwrap();
+            if list
+                .iter()
+                .all(|f| f.status == deprovd::factors::FactorStatus::Revoked)
+                && sessions.iter().all(|s| s.revoked)
+            {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "[{}] not revoked: {list:?}", app.engine);
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "[{}] not revoked: {list:?}",
+                app.engine
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -181,31 +292,57 @@ async fn joining_admins_requires_webauthn_and_contractor_sms_is_revoked() {
     for app in apps().await {
         let e = app.engine;
         set_policy(&app, POLICY).await;
-        let admin = app.create_user("new-admin@example.com").await["id"].as_str().unwrap().to_string();
+        let admin = app.create_user("new-admin@example.com").await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         enroll(&app, &admin, json!({"type": "totp"})).await;
         app.create_group("Admins", &[&admin]).await;
         let start = Instant::now();
         loop {
             let v = factors(&app, &admin).await;
             let reqs = v["requirements"].as_array().cloned().unwrap_or_default();
-            if reqs.iter().any(|r| r["types"].as_array().is_some_and(|t| t.contains(&json!("webauthn")))) {
+            if reqs.iter().any(|r| {
+                r["types"]
+                    .as_array()
+                    .is_some_and(|t| t.contains(&json!("webauthn")))
+            }) {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "[{e}] no webauthn requirement: {v}");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "[{e}] no webauthn requirement: {v}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(all_status(&factors(&app, &admin).await, "active"), "[{e}] enforcement does not remove factors");
+        assert!(
+            all_status(&factors(&app, &admin).await, "active"),
+            "[{e}] enforcement does not remove factors"
+        );
 
         let mut contractor = user("contractor@example.com");
         contractor["userType"] = json!("Contractor");
         let r = app.post("/Users", &contractor).await;
         let cid = r.body["id"].as_str().unwrap().to_string();
         enroll(&app, &cid, json!({"type": "totp"})).await;
-        enroll(&app, &cid, json!({"type": "sms", "destination": "+15550199"})).await;
+        enroll(
+            &app,
+            &cid,
+            json!({"type": "sms", "destination": "+15550199"}),
+        )
+        .await;
         // any trigger converges; the enrollment itself is not a SCIM change, so touch the user
-        app.patch(&format!("/Users/{cid}"), &patch(json!([{"op": "replace", "path": "title", "value": "Temp"}]))).await;
+        app.patch(
+            &format!("/Users/{cid}"),
+            &patch(json!([{"op": "replace", "path": "title", "value": "Temp"}])),
+        )
+        .await;
         wait_for(&app, &cid, "sms revoked", |v| {
-            statuses(v) == vec![("sms".to_string(), "revoked".to_string()), ("totp".to_string(), "active".to_string())]
+            statuses(v)
+                == vec![
+                    ("sms".to_string(), "revoked".to_string()),
+                    ("totp".to_string(), "active".to_string()),
+                ]
         })
         .await;
     }
@@ -214,10 +351,21 @@ async fn joining_admins_requires_webauthn_and_contractor_sms_is_revoked() {
 #[tokio::test]
 async fn audit_only_mode_records_and_executes_nothing() {
     for app in apps().await {
-        set_policy(&app, &POLICY.replace("mode = \"enforce\"", "mode = \"audit-only\"")).await;
-        let id = app.create_user("watched@example.com").await["id"].as_str().unwrap().to_string();
+        set_policy(
+            &app,
+            &POLICY.replace("mode = \"enforce\"", "mode = \"audit-only\""),
+        )
+        .await;
+        let id = app.create_user("watched@example.com").await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         enroll(&app, &id, json!({"type": "totp"})).await;
-        app.patch(&format!("/Users/{id}"), &patch(json!([{"op": "replace", "path": "active", "value": false}]))).await;
+        app.patch(
+            &format!("/Users/{id}"),
+            &patch(json!([{"op": "replace", "path": "active", "value": false}])),
+        )
+        .await;
         let start = Instant::now();
         loop {
             let kinds = audit_kinds(&app, &id).await;
@@ -225,9 +373,17 @@ async fn audit_only_mode_records_and_executes_nothing() {
                 assert!(!kinds.contains(&"action.executed".to_string()), "{kinds:?}");
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "[{}] {kinds:?}", app.engine);
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "[{}] {kinds:?}",
+                app.engine
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(all_status(&factors(&app, &id).await, "active"), "[{}] audit-only executes nothing", app.engine);
+        assert!(
+            all_status(&factors(&app, &id).await, "active"),
+            "[{}] audit-only executes nothing",
+            app.engine
+        );
     }
 }

@@ -5,7 +5,15 @@ use crate::helpers::*;
 use serde_json::json;
 
 async fn seed(app: &TestApp) {
-    for (i, (name, title, dept)) in [("ann", "Engineer", "IT"), ("ben", "Manager", "IT"), ("cat", "Engineer", "Sales"), ("dan", "Director", "Sales")].iter().enumerate() {
+    for (i, (name, title, dept)) in [
+        ("ann", "Engineer", "IT"),
+        ("ben", "Manager", "IT"),
+        ("cat", "Engineer", "Sales"),
+        ("dan", "Director", "Sales"),
+    ]
+    .iter()
+    .enumerate()
+    {
         let mut u = user(&format!("{name}@example.com"));
         u["title"] = json!(title);
         u["schemas"] = json!([USER, ENTERPRISE]);
@@ -17,7 +25,14 @@ async fn seed(app: &TestApp) {
 }
 
 fn names(r: &Resp) -> Vec<String> {
-    r.body["Resources"].as_array().map(|a| a.iter().map(|u| u["userName"].as_str().unwrap_or("").to_string()).collect()).unwrap_or_default()
+    r.body["Resources"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|u| u["userName"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -48,10 +63,21 @@ async fn filters_and_sorting() {
             assert_eq!(got, want, "[{e}] {filter}");
             assert_eq!(r.body["totalResults"], want.len(), "[{e}] {filter}");
         }
-        let r = app.get("/Users?sortBy=title&sortOrder=descending&attributes=userName,title").await;
+        let r = app
+            .get("/Users?sortBy=title&sortOrder=descending&attributes=userName,title")
+            .await;
         assert_eq!(r.status, 200, "{}", r.text);
-        let titles: Vec<&str> = r.body["Resources"].as_array().unwrap().iter().map(|u| u["title"].as_str().unwrap()).collect();
-        assert_eq!(titles, vec!["Manager", "Engineer", "Engineer", "Director"], "[{e}]");
+        let titles: Vec<&str> = r.body["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["title"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            titles,
+            vec!["Manager", "Engineer", "Engineer", "Director"],
+            "[{e}]"
+        );
         assert!(r.body["Resources"][0].get("emails").is_none());
         let r = app.filter("/Users", "nosuchattr eq \"x\"").await;
         assert_eq!(r.status, 400, "[{e}] unknown attribute: {}", r.text);
@@ -70,7 +96,11 @@ async fn paging_parameters_per_rfc() {
         let r = app.get("/Users?count=-5").await;
         assert_eq!(r.status, 200);
         assert_eq!(r.body["totalResults"], 4);
-        assert_eq!(r.body["Resources"].as_array().map(|a| a.len()).unwrap_or(0), 0, "negative count means 0");
+        assert_eq!(
+            r.body["Resources"].as_array().map(|a| a.len()).unwrap_or(0),
+            0,
+            "negative count means 0"
+        );
         let r = app.get("/Users?count=100000").await;
         assert_eq!(r.status, 200);
         assert_eq!(r.body["itemsPerPage"], 4, "capped by maxResults, all 4 fit");
@@ -97,7 +127,17 @@ async fn cursor_pagination_rfc_9865() {
             }
         }
         seen.sort();
-        assert_eq!(seen, vec!["ann@example.com", "ben@example.com", "cat@example.com", "dan@example.com"], "[{}]", app.engine);
+        assert_eq!(
+            seen,
+            vec![
+                "ann@example.com",
+                "ben@example.com",
+                "cat@example.com",
+                "dan@example.com"
+            ],
+            "[{}]",
+            app.engine
+        );
         let r = app.get("/Users?cursor=not-a-real-cursor&count=3").await;
         assert_eq!(r.status, 400, "{}", r.text);
         assert_eq!(r.body["scimType"], "invalidCursor");

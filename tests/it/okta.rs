@@ -30,12 +30,17 @@ async fn okta_user_lifecycle() {
         });
         let r = app.post("/Users", &body).await;
         assert_eq!(r.status, 201, "[{e}] {}", r.text);
-        assert!(r.body.is_object() && r.body["id"].is_string(), "Okta needs the body");
+        assert!(
+            r.body.is_object() && r.body["id"].is_string(),
+            "Okta needs the body"
+        );
         let id = r.body["id"].as_str().unwrap().to_string();
         // duplicate → 409
         assert_eq!(app.post("/Users", &body).await.status, 409);
         // 3. lookup finds it (case-insensitively too)
-        let r = app.filter("/Users", "userName eq \"DADE.MURPHY@example.com\"").await;
+        let r = app
+            .filter("/Users", "userName eq \"DADE.MURPHY@example.com\"")
+            .await;
         assert_eq!(r.body["totalResults"], 1, "[{e}] {}", r.text);
         assert_eq!(r.body["Resources"][0]["id"], id.as_str());
         // 4. profile update: GET then PUT with read-only id, groups, meta
@@ -46,11 +51,21 @@ async fn okta_user_lifecycle() {
         assert_eq!(r.status, 200, "[{e}] {}", r.text);
         assert_eq!(r.body["name"]["familyName"], "Murphy-Zero");
         // 5a. deactivation, catalog apps: no-path replace
-        let r = app.patch(&format!("/Users/{id}"), &patch(json!([{"op": "replace", "value": {"active": false}}]))).await;
+        let r = app
+            .patch(
+                &format!("/Users/{id}"),
+                &patch(json!([{"op": "replace", "value": {"active": false}}])),
+            )
+            .await;
         assert_eq!(r.status, 200, "[{e}] {}", r.text);
         assert_eq!(r.body["active"], false);
         // reactivation the same way
-        let r = app.patch(&format!("/Users/{id}"), &patch(json!([{"op": "replace", "value": {"active": true}}]))).await;
+        let r = app
+            .patch(
+                &format!("/Users/{id}"),
+                &patch(json!([{"op": "replace", "value": {"active": true}}])),
+            )
+            .await;
         assert_eq!(r.body["active"], true);
         // 5b. deactivation, wizard apps: PUT with active false
         let mut full = app.get(&format!("/Users/{id}")).await.body;
@@ -59,9 +74,25 @@ async fn okta_user_lifecycle() {
         assert_eq!(r.status, 200, "[{e}] {}", r.text);
         assert_eq!(r.body["active"], false);
         let tenant = crate::users::default_tenant_id(&app).await;
-        let kinds: Vec<String> = app.state.directory.lifecycle_events(&tenant, &id).await.unwrap().into_iter().map(|ev| ev.kind).collect();
-        assert_eq!(kinds.iter().filter(|k| *k == "deactivated").count(), 2, "[{e}] PUT active=false is a deactivation: {kinds:?}");
-        assert_eq!(kinds.iter().filter(|k| *k == "reactivated").count(), 1, "[{e}] {kinds:?}");
+        let kinds: Vec<String> = app
+            .state
+            .directory
+            .lifecycle_events(&tenant, &id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|ev| ev.kind)
+            .collect();
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "deactivated").count(),
+            2,
+            "[{e}] PUT active=false is a deactivation: {kinds:?}"
+        );
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "reactivated").count(),
+            1,
+            "[{e}] {kinds:?}"
+        );
     }
 }
 
@@ -74,13 +105,23 @@ async fn okta_import_paging_is_stable() {
         let mut seen = std::collections::HashSet::new();
         let mut start = 1;
         loop {
-            let r = app.get(&format!("/Users?startIndex={start}&count=100")).await;
+            let r = app
+                .get(&format!("/Users?startIndex={start}&count=100"))
+                .await;
             assert_eq!(r.status, 200);
             assert_eq!(r.body["totalResults"], 250);
-            assert!(r.body["startIndex"].is_u64() && r.body["itemsPerPage"].is_u64(), "integers: {}", r.text);
+            assert!(
+                r.body["startIndex"].is_u64() && r.body["itemsPerPage"].is_u64(),
+                "integers: {}",
+                r.text
+            );
             let page = r.body["Resources"].as_array().unwrap();
             for u in page {
-                assert!(seen.insert(u["id"].as_str().unwrap().to_string()), "[{}] repeated across pages", app.engine);
+                assert!(
+                    seen.insert(u["id"].as_str().unwrap().to_string()),
+                    "[{}] repeated across pages",
+                    app.engine
+                );
             }
             start += 100;
             if start > 250 {
@@ -95,10 +136,21 @@ async fn okta_import_paging_is_stable() {
 async fn okta_group_push() {
     for app in apps().await {
         let e = app.engine;
-        let a = app.create_user("ga@example.com").await["id"].as_str().unwrap().to_string();
-        let b = app.create_user("gb@example.com").await["id"].as_str().unwrap().to_string();
+        let a = app.create_user("ga@example.com").await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let b = app.create_user("gb@example.com").await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         // create with members: []
-        let r = app.post("/Groups", &json!({"schemas": [GROUP], "displayName": "Test SCIMv2", "members": []})).await;
+        let r = app
+            .post(
+                "/Groups",
+                &json!({"schemas": [GROUP], "displayName": "Test SCIMv2", "members": []}),
+            )
+            .await;
         assert_eq!(r.status, 201, "[{e}] {}", r.text);
         let gid = r.body["id"].as_str().unwrap().to_string();
         // rename: no-path replace whose value carries the read-only id
@@ -119,25 +171,61 @@ async fn okta_group_push() {
             .await;
         assert_eq!(r.status, 200, "[{e}] {}", r.text);
         let g = app.get(&format!("/Groups/{gid}")).await;
-        let members: Vec<&str> = g.body["members"].as_array().unwrap().iter().map(|m| m["value"].as_str().unwrap()).collect();
+        let members: Vec<&str> = g.body["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["value"].as_str().unwrap())
+            .collect();
         assert_eq!(members, vec![b.as_str()], "[{e}] only a removed");
         // the user's groups attribute follows membership
         let u = app.get(&format!("/Users/{b}")).await;
-        assert_eq!(u.body["groups"][0]["value"], gid.as_str(), "[{e}] {}", u.text);
+        assert_eq!(
+            u.body["groups"][0]["value"],
+            gid.as_str(),
+            "[{e}] {}",
+            u.text
+        );
         assert_eq!(u.body["groups"][0]["display"], "Test SCIMv2 renamed");
         // full replace of members
-        let r = app.patch(&format!("/Groups/{gid}"), &patch(json!([{"op": "replace", "path": "members", "value": [{"value": a}]}]))).await;
+        let r = app
+            .patch(
+                &format!("/Groups/{gid}"),
+                &patch(json!([{"op": "replace", "path": "members", "value": [{"value": a}]}])),
+            )
+            .await;
         assert_eq!(r.status, 200, "[{e}] {}", r.text);
         let g = app.get(&format!("/Groups/{gid}")).await;
-        let members: Vec<&str> = g.body["members"].as_array().unwrap().iter().map(|m| m["value"].as_str().unwrap()).collect();
+        let members: Vec<&str> = g.body["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["value"].as_str().unwrap())
+            .collect();
         assert_eq!(members, vec![a.as_str()]);
         // joined / left lifecycle rows were recorded for the users
         let tenant = crate::users::default_tenant_id(&app).await;
-        let kinds: Vec<String> = app.state.directory.lifecycle_events(&tenant, &b).await.unwrap().into_iter().map(|ev| ev.kind).collect();
-        assert!(kinds.contains(&"groups_joined".to_string()) && kinds.contains(&"groups_left".to_string()), "[{e}] {kinds:?}");
+        let kinds: Vec<String> = app
+            .state
+            .directory
+            .lifecycle_events(&tenant, &b)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|ev| ev.kind)
+            .collect();
+        assert!(
+            kinds.contains(&"groups_joined".to_string())
+                && kinds.contains(&"groups_left".to_string()),
+            "[{e}] {kinds:?}"
+        );
         // delete group
         assert_eq!(app.delete(&format!("/Groups/{gid}")).await.status, 204);
         let u = app.get(&format!("/Users/{a}")).await;
-        assert!(u.body.get("groups").is_none_or(|g| g == &json!([])), "[{e}] {}", u.text);
+        assert!(
+            u.body.get("groups").is_none_or(|g| g == &json!([])),
+            "[{e}] {}",
+            u.text
+        );
     }
 }

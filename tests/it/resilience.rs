@@ -19,7 +19,11 @@ struct Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_server(database_url: &str, dir: &std::path::Path) -> (Server, Option<(String, String)>) {
@@ -74,7 +78,11 @@ impl Drop for Server {
 
 #[tokio::test]
 async fn sigkill_right_after_answering_loses_nothing() {
-    let engines: Vec<&str> = if std::env::var("DEPROVD_TEST_PG").is_ok_and(|v| !v.is_empty()) { vec!["sqlite", "postgres"] } else { vec!["sqlite"] };
+    let engines: Vec<&str> = if std::env::var("DEPROVD_TEST_PG").is_ok_and(|v| !v.is_empty()) {
+        vec!["sqlite", "postgres"]
+    } else {
+        vec!["sqlite"]
+    };
     for engine in engines {
         let dir = tempfile::tempdir().unwrap();
         let url = fresh_database_url(engine, dir.path()).await;
@@ -82,15 +90,38 @@ async fn sigkill_right_after_answering_loses_nothing() {
         let (scim, admin) = tokens.expect("first-run tokens");
         let client = reqwest::Client::new();
         let policy = POLICY.replace("revoke_after = \"3s\"", "revoke_after = \"30d\"");
-        let r = client.put(format!("{}/admin/v1/policy", server.base)).bearer_auth(&admin).header("content-type", "text/plain").body(policy).send().await.unwrap();
+        let r = client
+            .put(format!("{}/admin/v1/policy", server.base))
+            .bearer_auth(&admin)
+            .header("content-type", "text/plain")
+            .body(policy)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200);
         let mut ids = Vec::new();
         for i in 0..40 {
-            let r = client.post(format!("{}/scim/v2/Users", server.base)).bearer_auth(&scim).header("content-type", SCIM).body(user(&format!("crash{i}@example.com")).to_string()).send().await.unwrap();
+            let r = client
+                .post(format!("{}/scim/v2/Users", server.base))
+                .bearer_auth(&scim)
+                .header("content-type", SCIM)
+                .body(user(&format!("crash{i}@example.com")).to_string())
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status().as_u16(), 201);
-            let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+            let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
             for t in ["totp", "recovery_codes"] {
-                let r = client.post(format!("{}/admin/v1/users/{id}/factors", server.base)).bearer_auth(&admin).json(&json!({"type": t})).send().await.unwrap();
+                let r = client
+                    .post(format!("{}/admin/v1/users/{id}/factors", server.base))
+                    .bearer_auth(&admin)
+                    .json(&json!({"type": t}))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status().as_u16(), 201);
             }
             ids.push(id);
@@ -98,10 +129,23 @@ async fn sigkill_right_after_answering_loses_nothing() {
         // a batch of deactivations, all answered, then SIGKILL at once
         let mut tasks = Vec::new();
         for id in &ids {
-            let (client, url, scim) = (client.clone(), format!("{}/scim/v2/Users/{id}", server.base), scim.clone());
+            let (client, url, scim) = (
+                client.clone(),
+                format!("{}/scim/v2/Users/{id}", server.base),
+                scim.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let body = patch(json!([{"op": "replace", "value": {"active": false}}]));
-                client.patch(url).bearer_auth(scim).header("content-type", SCIM).body(body.to_string()).send().await.unwrap().status().as_u16()
+                client
+                    .patch(url)
+                    .bearer_auth(scim)
+                    .header("content-type", SCIM)
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
             }));
         }
         for t in tasks {
@@ -116,28 +160,63 @@ async fn sigkill_right_after_answering_loses_nothing() {
         let start = Instant::now();
         for id in &ids {
             loop {
-                let v: serde_json::Value = client.get(format!("{}/admin/v1/users/{id}/factors", server.base)).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+                let v: serde_json::Value = client
+                    .get(format!("{}/admin/v1/users/{id}/factors", server.base))
+                    .bearer_auth(&admin)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
                 if all_status(&v, "suspended") {
                     break;
                 }
-                assert!(start.elapsed() < Duration::from_secs(60), "[{engine}] {id} did not converge after the crash: {v}");
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "[{engine}] {id} did not converge after the crash: {v}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
         // Idempotent: no factor was suspended twice in a way that shows in the audit.
         for id in &ids {
-            let v: serde_json::Value = client.get(format!("{}/admin/v1/audit?user={id}&kind=action.&limit=500", server.base)).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+            let v: serde_json::Value = client
+                .get(format!(
+                    "{}/admin/v1/audit?user={id}&kind=action.&limit=500",
+                    server.base
+                ))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             let mut seen = std::collections::HashSet::new();
             for e in v["entries"].as_array().unwrap() {
                 if e["kind"] == "action.executed" {
                     let key = format!("{}:{}", e["detail"]["action"], e["detail"]["factor_id"]);
-                    assert!(seen.insert(key.clone()), "[{engine}] action ran twice: {key}");
+                    assert!(
+                        seen.insert(key.clone()),
+                        "[{engine}] action ran twice: {key}"
+                    );
                 }
             }
         }
         // and the audit chain is intact after the crash
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_deprovd")).args(["audit", "verify"]).env("DEPROVD_DATABASE_URL", &url).env("DEPROVD_MASTER_KEY", deprovd_test_key()).output().await.unwrap();
-        assert!(out.status.success(), "[{engine}] {}", String::from_utf8_lossy(&out.stdout));
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_deprovd"))
+            .args(["audit", "verify"])
+            .env("DEPROVD_DATABASE_URL", &url)
+            .env("DEPROVD_MASTER_KEY", deprovd_test_key())
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "[{engine}] {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }
 
@@ -151,13 +230,27 @@ async fn audit_verify(app: &TestApp) -> (bool, String) {
         .output()
         .await
         .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 async fn three_changes(app: &TestApp, name: &str) {
-    let id = app.create_user(name).await["id"].as_str().unwrap().to_string();
+    let id = app.create_user(name).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for t in ["A", "B", "C"] {
-        app.patch(&format!("/Users/{id}"), &patch(json!([{"op": "replace", "path": "title", "value": t}]))).await;
+        app.patch(
+            &format!("/Users/{id}"),
+            &patch(json!([{"op": "replace", "path": "title", "value": t}])),
+        )
+        .await;
     }
 }
 
@@ -169,13 +262,22 @@ async fn audit_verify_names_an_edited_deleted_or_reordered_entry() {
         let (ok, text) = audit_verify(&app).await;
         assert!(ok, "[{e}] clean chain: {text}");
         let pool = &app.state.db.pool;
-        sqlx::query("UPDATE audit_log SET detail = '{\"forged\":true}' WHERE seq = 3").execute(pool).await.unwrap();
+        sqlx::query("UPDATE audit_log SET detail = '{\"forged\":true}' WHERE seq = 3")
+            .execute(pool)
+            .await
+            .unwrap();
         let (ok, text) = audit_verify(&app).await;
-        assert!(!ok && text.contains("seq 3"), "[{e}] edit not named: {text}");
+        assert!(
+            !ok && text.contains("seq 3"),
+            "[{e}] edit not named: {text}"
+        );
     }
     for app in apps().await {
         three_changes(&app, "evidence2@example.com").await;
-        sqlx::query("DELETE FROM audit_log WHERE seq = 2").execute(&app.state.db.pool).await.unwrap();
+        sqlx::query("DELETE FROM audit_log WHERE seq = 2")
+            .execute(&app.state.db.pool)
+            .await
+            .unwrap();
         let (ok, text) = audit_verify(&app).await;
         assert!(!ok, "[{}] deletion not detected: {text}", app.engine);
     }
@@ -183,9 +285,18 @@ async fn audit_verify_names_an_edited_deleted_or_reordered_entry() {
         three_changes(&app, "evidence3@example.com").await;
         // swap two entries' positions
         let pool = &app.state.db.pool;
-        sqlx::query("UPDATE audit_log SET seq = -1 WHERE seq = 2").execute(pool).await.unwrap();
-        sqlx::query("UPDATE audit_log SET seq = 2 WHERE seq = 3").execute(pool).await.unwrap();
-        sqlx::query("UPDATE audit_log SET seq = 3 WHERE seq = -1").execute(pool).await.unwrap();
+        sqlx::query("UPDATE audit_log SET seq = -1 WHERE seq = 2")
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE audit_log SET seq = 2 WHERE seq = 3")
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE audit_log SET seq = 3 WHERE seq = -1")
+            .execute(pool)
+            .await
+            .unwrap();
         let (ok, text) = audit_verify(&app).await;
         assert!(!ok, "[{}] reordering not detected: {text}", app.engine);
     }
@@ -201,40 +312,85 @@ async fn factor_store_outage_delays_then_completes_and_a_dead_job_can_be_retried
     .await;
     set_policy(&app, POLICY).await;
     let tenant = crate::users::default_tenant_id(&app).await;
-    let builtin = deprovd::factors::store_for_tenant(&app.state.db, app.state.master_key.clone(), &tenant);
+    let builtin =
+        deprovd::factors::store_for_tenant(&app.state.db, app.state.master_key.clone(), &tenant);
     let flaky = Arc::new(deprovd::factors::FlakyStore::new(builtin));
     deprovd::factors::set_store_override(&tenant, flaky.clone());
 
     // fails 3 times, then recovers: the action is delayed, not dropped
-    let a = app.create_user("flaky-a@example.com").await["id"].as_str().unwrap().to_string();
+    let a = app.create_user("flaky-a@example.com").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     enroll(&app, &a, json!({"type": "totp"})).await;
     flaky.fail_next(3);
-    app.patch(&format!("/Users/{a}"), &patch(json!([{"op": "replace", "path": "active", "value": false}]))).await;
-    crate::lifecycle::wait_for(&app, &a, "suspension after the outage", |v| all_status(v, "suspended")).await;
+    app.patch(
+        &format!("/Users/{a}"),
+        &patch(json!([{"op": "replace", "path": "active", "value": false}])),
+    )
+    .await;
+    crate::lifecycle::wait_for(&app, &a, "suspension after the outage", |v| {
+        all_status(v, "suspended")
+    })
+    .await;
     assert!(flaky.failures.load(std::sync::atomic::Ordering::SeqCst) >= 3);
 
     // never recovers: dead-lettered, shown, and retried from the admin API once it is back
-    let b = app.create_user("flaky-b@example.com").await["id"].as_str().unwrap().to_string();
+    let b = app.create_user("flaky-b@example.com").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     enroll(&app, &b, json!({"type": "totp"})).await;
     flaky.fail_forever(true);
-    app.patch(&format!("/Users/{b}"), &patch(json!([{"op": "replace", "path": "active", "value": false}]))).await;
+    app.patch(
+        &format!("/Users/{b}"),
+        &patch(json!([{"op": "replace", "path": "active", "value": false}])),
+    )
+    .await;
     let start = Instant::now();
     let dead = loop {
-        let r = app.admin(Method::GET, "/admin/v1/jobs?state=dead", None).await;
+        let r = app
+            .admin(Method::GET, "/admin/v1/jobs?state=dead", None)
+            .await;
         let jobs = r.body["jobs"].as_array().cloned().unwrap_or_default();
-        if let Some(j) = jobs.into_iter().find(|j| j["user_id"] == b.as_str() || j["userId"] == b.as_str()) {
+        if let Some(j) = jobs
+            .into_iter()
+            .find(|j| j["user_id"] == b.as_str() || j["userId"] == b.as_str())
+        {
             break j;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "no dead job: {}", r.text);
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no dead job: {}",
+            r.text
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(all_status(&factors(&app, &b).await, "active"), "nothing executed while the store is down");
-    let r = app.admin(Method::GET, "/admin/v1/audit?kind=job.dead", None).await;
-    assert!(r.body["entries"].as_array().is_some_and(|e| !e.is_empty()), "the dead letter is alerted in the audit: {}", r.text);
+    assert!(
+        all_status(&factors(&app, &b).await, "active"),
+        "nothing executed while the store is down"
+    );
+    let r = app
+        .admin(Method::GET, "/admin/v1/audit?kind=job.dead", None)
+        .await;
+    assert!(
+        r.body["entries"].as_array().is_some_and(|e| !e.is_empty()),
+        "the dead letter is alerted in the audit: {}",
+        r.text
+    );
     flaky.fail_forever(false);
-    let r = app.admin(Method::POST, &format!("/admin/v1/jobs/{}/retry", dead["id"].as_str().unwrap()), None).await;
+    let r = app
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/jobs/{}/retry", dead["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
     assert!(r.status == 200 || r.status == 202, "{}", r.text);
-    crate::lifecycle::wait_for(&app, &b, "suspension after retry", |v| all_status(v, "suspended")).await;
+    crate::lifecycle::wait_for(&app, &b, "suspension after retry", |v| {
+        all_status(v, "suspended")
+    })
+    .await;
     deprovd::factors::clear_store_override(&tenant);
 }
 
@@ -243,24 +399,44 @@ async fn guard_quarantines_the_excess_release_executes_discard_drops() {
     for app in apps().await {
         let e = app.engine;
         // revoke_after far away, so only the deactivations count against the window
-        let policy = POLICY.replace("max_destructive_per_15m = 1000", "max_destructive_per_15m = 3").replace("revoke_after = \"3s\"", "revoke_after = \"30d\"");
+        let policy = POLICY
+            .replace(
+                "max_destructive_per_15m = 1000",
+                "max_destructive_per_15m = 3",
+            )
+            .replace("revoke_after = \"3s\"", "revoke_after = \"30d\"");
         set_policy(&app, &policy).await;
         let mut ids = Vec::new();
         for i in 0..6 {
-            let id = app.create_user(&format!("mass{i}@example.com")).await["id"].as_str().unwrap().to_string();
+            let id = app.create_user(&format!("mass{i}@example.com")).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
             enroll(&app, &id, json!({"type": "totp"})).await;
             ids.push(id);
         }
         for id in &ids {
-            app.patch(&format!("/Users/{id}"), &patch(json!([{"op": "replace", "path": "active", "value": false}]))).await;
+            app.patch(
+                &format!("/Users/{id}"),
+                &patch(json!([{"op": "replace", "path": "active", "value": false}])),
+            )
+            .await;
         }
         let start = Instant::now();
         loop {
             let r = app.admin(Method::GET, "/admin/v1/guard", None).await;
-            if r.body["tripped"] == true && r.body["quarantined"].as_array().is_some_and(|q| !q.is_empty()) {
+            if r.body["tripped"] == true
+                && r.body["quarantined"]
+                    .as_array()
+                    .is_some_and(|q| !q.is_empty())
+            {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "[{e}] guard did not trip: {}", r.text);
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "[{e}] guard did not trip: {}",
+                r.text
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -270,22 +446,37 @@ async fn guard_quarantines_the_excess_release_executes_discard_drops() {
                 suspended += 1;
             }
         }
-        assert!(suspended <= 3, "[{e}] at most the threshold ran: {suspended}");
+        assert!(
+            suspended <= 3,
+            "[{e}] at most the threshold ran: {suspended}"
+        );
         assert!(suspended < ids.len(), "[{e}] the excess is quarantined");
-        let r = app.admin(Method::POST, "/admin/v1/guard/release", Some(&json!({}))).await;
+        let r = app
+            .admin(Method::POST, "/admin/v1/guard/release", Some(&json!({})))
+            .await;
         assert_eq!(r.status, 200, "[{e}] {}", r.text);
         for id in &ids {
-            crate::lifecycle::wait_for(&app, id, "suspension after release", |v| all_status(v, "suspended")).await;
+            crate::lifecycle::wait_for(&app, id, "suspension after release", |v| {
+                all_status(v, "suspended")
+            })
+            .await;
         }
         // a second wave, discarded this time: recorded, not executed
         let mut wave = Vec::new();
         for i in 0..6 {
-            let id = app.create_user(&format!("wave{i}@example.com")).await["id"].as_str().unwrap().to_string();
+            let id = app.create_user(&format!("wave{i}@example.com")).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
             enroll(&app, &id, json!({"type": "totp"})).await;
             wave.push(id);
         }
         for id in &wave {
-            app.patch(&format!("/Users/{id}"), &patch(json!([{"op": "replace", "path": "active", "value": false}]))).await;
+            app.patch(
+                &format!("/Users/{id}"),
+                &patch(json!([{"op": "replace", "path": "active", "value": false}])),
+            )
+            .await;
         }
         let start = Instant::now();
         loop {
@@ -293,14 +484,26 @@ async fn guard_quarantines_the_excess_release_executes_discard_drops() {
             if r.body["tripped"] == true {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "[{e}] guard did not trip again: {}", r.text);
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "[{e}] guard did not trip again: {}",
+                r.text
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let r = app.admin(Method::POST, "/admin/v1/guard/discard", Some(&json!({}))).await;
+        let r = app
+            .admin(Method::POST, "/admin/v1/guard/discard", Some(&json!({})))
+            .await;
         assert_eq!(r.status, 200, "[{e}] {}", r.text);
-        let r = app.admin(Method::GET, "/admin/v1/audit?kind=guard.discarded", None).await;
-        assert!(r.body["entries"].as_array().is_some_and(|a| !a.is_empty()), "[{e}] discard audited: {}", r.text);
+        let r = app
+            .admin(Method::GET, "/admin/v1/audit?kind=guard.discarded", None)
+            .await;
+        assert!(
+            r.body["entries"].as_array().is_some_and(|a| !a.is_empty()),
+            "[{e}] discard audited: {}",
+            r.text
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         let active = {
             let mut n = 0;
