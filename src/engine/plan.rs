@@ -266,7 +266,7 @@ pub fn next_due(
 ) -> Option<DateTime<Utc>> {
     let mut due: Option<DateTime<Utc>> = None;
     let mut consider = |t: DateTime<Utc>| {
-        if t > now && due.map_or(true, |d| t < d) {
+        if t > now && due.is_none_or(|d| t < d) {
             due = Some(t);
         }
     };

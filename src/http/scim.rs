@@ -283,7 +283,7 @@ fn wants(sel: &AttrSelection, attr: &str) -> bool {
     if !sel.attributes.is_empty() {
         sel.attributes.iter().any(|p| {
             p.attr.eq_ignore_ascii_case(attr)
-                && p.urn.as_deref().map_or(true, |u| !u.contains("extension"))
+                && p.urn.as_deref().is_none_or(|u| !u.contains("extension"))
         })
     } else {
         !sel.excluded

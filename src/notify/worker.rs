@@ -133,7 +133,7 @@ async fn run(db: Db, key: Arc<MasterKey>, cfg: DeliveryConfig) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "webhook delivery round failed; will retry"),
         }
-        if last_prune.map_or(true, |t| t.elapsed() >= PRUNE_EVERY) {
+        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(std::time::Instant::now());
             prune(&db, &cfg).await;
         }

@@ -167,7 +167,7 @@ fn is_members_path(p: &AttrPath) -> bool {
     p.attr.eq_ignore_ascii_case("members")
         && p.urn
             .as_deref()
-            .map_or(true, |u| u.eq_ignore_ascii_case(GROUP_SCHEMA))
+            .is_none_or(|u| u.eq_ignore_ascii_case(GROUP_SCHEMA))
 }
 
 /// Splits a Group PATCH into the operations on the Group's own attributes (for
@@ -642,9 +642,7 @@ impl Cx<'_> {
             // `value` (another manager) is another object: replace it whole, no stale `$ref`.
             Value::Object(new) if !a.multi_valued => match map.get_mut(&a.name) {
                 Some(Value::Object(old))
-                    if new
-                        .get("value")
-                        .map_or(true, |v| old.get("value") == Some(v)) =>
+                    if new.get("value").is_none_or(|v| old.get("value") == Some(v)) =>
                 {
                     old.extend(new)
                 }

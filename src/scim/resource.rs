@@ -784,7 +784,7 @@ fn path_names(p: &AttrPath, schema_urn: &str, attr: &str) -> bool {
     p.attr.eq_ignore_ascii_case(attr)
         && p.urn
             .as_deref()
-            .map_or(true, |u| u.eq_ignore_ascii_case(schema_urn))
+            .is_none_or(|u| u.eq_ignore_ascii_case(schema_urn))
 }
 
 fn whole_schema(p: &AttrPath, schema_urn: &str) -> bool {
