@@ -120,16 +120,35 @@ pub async fn lease(
         Engine::Postgres => " FOR UPDATE SKIP LOCKED",
         Engine::Sqlite => "",
     };
-    let sql = format!(
+    // `+r.lease_until` keeps SQLite's planner on jobs_user (one user's rows) for the check
+    // instead of walking every running job per candidate; PostgreSQL has no unary + on text
+    // and needs no hint.
+    let live = match db.engine {
+        Engine::Sqlite => "+r.lease_until",
+        Engine::Postgres => "r.lease_until",
+    };
+    let not_running_elsewhere = format!(
+        "NOT EXISTS (SELECT 1 FROM jobs r WHERE r.tenant_id = j.tenant_id \
+           AND r.user_id = j.user_id AND r.kind = j.kind AND r.state = 'running' \
+           AND {live} >= $3 AND r.id <> j.id)"
+    );
+    // Two statements rather than one with OR: each walks its index in `due` / lease order and
+    // stops at the limit, so leasing costs the same with a backlog of ten jobs or ten
+    // thousand (the OR form sorted the whole backlog on every lease).
+    let due_sql = format!(
         "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1, \
          leased_by = $2, updated = $3 \
          WHERE id IN (SELECT j.id FROM jobs j \
-           WHERE ((j.state = 'pending' AND j.due <= $3) \
-                  OR (j.state = 'running' AND j.lease_until < $3)) \
-             AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.tenant_id = j.tenant_id \
-                  AND r.user_id = j.user_id AND r.kind = j.kind AND r.state = 'running' \
-                  AND r.lease_until >= $3 AND r.id <> j.id) \
+           WHERE j.state = 'pending' AND j.due <= $3 AND {not_running_elsewhere} \
            ORDER BY j.due LIMIT $4{lock}) \
+         RETURNING {COLUMNS}"
+    );
+    let expired_sql = format!(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1, \
+         leased_by = $2, updated = $3 \
+         WHERE id IN (SELECT j.id FROM jobs j \
+           WHERE j.state = 'running' AND j.lease_until < $3 AND {not_running_elsewhere} \
+           ORDER BY j.lease_until LIMIT $4{lock}) \
          RETURNING {COLUMNS}"
     );
     let worker = worker_id.to_string();
@@ -137,13 +156,26 @@ pub async fn lease(
     let limit = n.clamp(1, 1000) as i64;
     db.write(move |conn: &mut AnyConnection| {
         Box::pin(async move {
-            let rows = sqlx::query(&sql)
+            let now = now_ts();
+            let mut rows = sqlx::query(&expired_sql)
                 .bind(&until)
                 .bind(&worker)
-                .bind(now_ts())
+                .bind(&now)
                 .bind(limit)
                 .fetch_all(&mut *conn)
                 .await?;
+            let left = limit - rows.len() as i64;
+            if left > 0 {
+                rows.extend(
+                    sqlx::query(&due_sql)
+                        .bind(&until)
+                        .bind(&worker)
+                        .bind(&now)
+                        .bind(left)
+                        .fetch_all(&mut *conn)
+                        .await?,
+                );
+            }
             let mut jobs = rows.iter().map(job).collect::<Result<Vec<_>, _>>()?;
             jobs.sort_by(|a, b| a.due.cmp(&b.due));
             Ok::<_, StoreError>(jobs)

@@ -59,6 +59,12 @@ pub const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0007_engine.sql"),
     ),
     (
+        8,
+        "guard_count_index",
+        include_str!("../../migrations/sqlite/0008_guard_count_index.sql"),
+        include_str!("../../migrations/postgres/0008_guard_count_index.sql"),
+    ),
+    (
         10,
         "webhooks",
         include_str!("../../migrations/sqlite/0010_webhooks.sql"),
