@@ -11,7 +11,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::audit::{append_now, AuditActor, AuditEntry};
-use crate::factors::{self, link_key, store as fstore, EnrollMaterial, FactorType, MasterKey};
+use crate::factors::{self, link_key, EnrollMaterial, FactorType, MasterKey};
 use crate::store::Db;
 
 #[derive(Debug, Subcommand)]
@@ -64,7 +64,8 @@ async fn resolve_user(
     tenant_id: &str,
     user_name: &str,
 ) -> Result<(String, String), String> {
-    let user = fstore::user_by_user_name(&db.pool, tenant_id, user_name)
+    let user = crate::directory::Directory::new(db.clone())
+        .find_user_by_user_name(tenant_id, user_name)
         .await
         .map_err(|e| format!("database error: {e}"))?
         .ok_or_else(|| format!("no user with userName {user_name:?} in this tenant"))?;

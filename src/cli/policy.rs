@@ -11,15 +11,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
-use serde_json::{json, Value};
 use sqlx::AnyConnection;
 
-use crate::engine::plan::{plan, Action, Observed};
+use crate::engine::plan::Action;
 use crate::factors::crypto::{KeySource, MasterKey};
-use crate::factors::{link_key, store as fstore, store_for_tenant, FactorStore};
+use crate::factors::{store as fstore, store_for_tenant, FactorStore};
 use crate::policy::{
-    current_policy, desired_state, parse_policy, policy_hash, Lifecycle, Policy, PolicyStoreError,
-    UserFacts, DEFAULT_POLICY_TOML,
+    current_policy, parse_policy, policy_hash, Policy, PolicyStoreError, DEFAULT_POLICY_TOML,
 };
 use crate::store::Db;
 
@@ -88,12 +86,6 @@ pub fn check(file: &Path) -> i32 {
 
 fn db_err(e: impl std::fmt::Display) -> String {
     format!("database error: {e}")
-}
-
-fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// One line of the preview.
@@ -166,8 +158,10 @@ pub async fn simulate_tenant(
     // Listing factors and sessions never decrypts: a throw-away key is enough and keeps the
     // preview from needing the real one.
     let key = Arc::new(MasterKey::generate(KeySource::Ephemeral));
-    let store: Arc<dyn FactorStore> = store_for_tenant(db, key, tenant_id);
-    let dir = crate::directory::Directory::new(db.clone());
+    let store: Arc<dyn FactorStore> = store_for_tenant(db, key.clone(), tenant_id);
+    // The engine's own read-only planner: the preview loads each user, their groups and
+    // lifecycle, enforcement rows and quarantine exactly as converge does.
+    let ctx = crate::engine::EngineCtx::new(db.clone(), key);
     let mut sim = Simulation::default();
     let mut linked: HashSet<String> = HashSet::new();
     let mut after = 0i64;
@@ -179,32 +173,13 @@ pub async fn simulate_tenant(
         after = last.seq;
         for u in page {
             sim.users += 1;
-            let mut resource = u.resource.clone();
-            let groups = dir.user_groups(tenant_id, &u.id).await.map_err(db_err)?;
-            if let Some(o) = resource.as_object_mut() {
-                o.insert("id".into(), json!(u.id));
-                o.insert("active".into(), json!(u.active));
-                let g: Vec<Value> = groups
-                    .iter()
-                    .map(|g| {
-                        let kind = if g.direct { "direct" } else { "indirect" };
-                        json!({"value": g.value, "display": g.display, "type": kind})
-                    })
-                    .collect();
-                o.insert("groups".into(), Value::Array(g));
-            }
-            let lifecycle = if u.active {
-                Lifecycle::Active
-            } else {
-                let since = fstore::last_deactivation(&db.pool, tenant_id, &u.id)
-                    .await
-                    .map_err(db_err)?
-                    .or(Some(u.last_modified.clone()))
-                    .and_then(|s| parse_ts(&s))
-                    .unwrap_or(now);
-                Lifecycle::Deactivated { since }
+            let Some(user_plan) = crate::engine::plan_user(&ctx, tenant_id, &u.id, policy, now)
+                .await
+                .map_err(|e| e.message)?
+            else {
+                continue; // deleted since the page was read
             };
-            let Some(user_key) = link_key(&resource, policy.link_by) else {
+            let Some(user_key) = user_plan.link_key.clone() else {
                 sim.unlinkable += 1;
                 sim.rows.push(Row {
                     user: u.user_name.clone(),
@@ -216,28 +191,11 @@ pub async fn simulate_tenant(
                 });
                 continue;
             };
-            linked.insert(user_key.clone());
-            let factors = store
-                .list_factors(tenant_id, &user_key)
-                .await
-                .map_err(|e| e.message)?;
-            let sessions = store
-                .list_sessions(tenant_id, &user_key)
-                .await
-                .map_err(|e| e.message)?;
-            let facts = UserFacts::new(resource, lifecycle);
-            let desired = desired_state(&facts, policy, now);
-            let observed = Observed {
-                lifecycle,
-                factors,
-                sessions,
-                requirements: HashMap::new(),
-            };
-            let actions = plan(&desired, &observed, now);
-            if !actions.is_empty() {
+            linked.insert(user_key);
+            if !user_plan.actions.is_empty() {
                 sim.changed += 1;
             }
-            for a in &actions {
+            for a in &user_plan.actions {
                 *sim.counts.entry(a.name()).or_default() += 1;
                 let (action, detail) = describe(a);
                 sim.rows.push(Row {
@@ -397,6 +355,7 @@ mod tests {
         create_session, enroll, list, list_sessions, EnrollMaterial, FactorStatus, FactorType,
     };
     use crate::store::tenants::create_tenant;
+    use serde_json::json;
 
     const POLICY: &str = r#"
 [[require]]

@@ -579,25 +579,6 @@ fn dir_user(r: &AnyRow) -> Result<DirUser, sqlx::Error> {
 
 const DIR_USER_COLS: &str = "seq, id, user_name, active, resource, last_modified";
 
-/// The directory user with this userName (case-insensitive, as SCIM says).
-pub async fn user_by_user_name<'e, E>(
-    ex: E,
-    tenant: &str,
-    user_name: &str,
-) -> Result<Option<DirUser>, sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    let sql =
-        format!("SELECT {DIR_USER_COLS} FROM users WHERE tenant_id = $1 AND user_name_ci = $2");
-    let row = sqlx::query(&sql)
-        .bind(tenant)
-        .bind(user_name.to_lowercase())
-        .fetch_optional(ex)
-        .await?;
-    row.as_ref().map(dir_user).transpose()
-}
-
 /// Directory users in insertion order, after `after_seq`, at most `limit`.
 pub async fn users_page<'e, E>(
     ex: E,
@@ -618,24 +599,4 @@ where
         .fetch_all(ex)
         .await?;
     rows.iter().map(dir_user).collect()
-}
-
-/// When the user was last deactivated, from the lifecycle rows.
-pub async fn last_deactivation<'e, E>(
-    ex: E,
-    tenant: &str,
-    user_id: &str,
-) -> Result<Option<String>, sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    let row = sqlx::query(
-        "SELECT created FROM lifecycle_events WHERE tenant_id = $1 AND user_id = $2 \
-         AND kind = 'deactivated' ORDER BY seq DESC LIMIT 1",
-    )
-    .bind(tenant)
-    .bind(user_id)
-    .fetch_optional(ex)
-    .await?;
-    row.map(|r| r.try_get::<String, _>(0)).transpose()
 }

@@ -800,15 +800,20 @@ fn schema_json(base: &str, s: &crate::scim::schema::Schema) -> Value {
     v
 }
 
+/// A whole discovery collection as one ListResponse (no paging: it is a handful of entries).
+fn discovery_list(all: Vec<Value>) -> HttpResponse {
+    let n = all.len() as u64;
+    scim_json(StatusCode::OK, &list::list_response(n, 1, all, None, None))
+}
+
 async fn resource_types(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let base = base_url(&state, &req);
-    let all: Vec<Value> = SchemaRegistry::get()
+    let all = SchemaRegistry::get()
         .resource_types()
         .iter()
         .map(|rt| resource_type_json(&base, rt))
         .collect();
-    let n = all.len() as u64;
-    scim_json(StatusCode::OK, &list::list_response(n, 1, all, None, None))
+    discovery_list(all)
 }
 
 async fn resource_type(
@@ -829,13 +834,12 @@ async fn resource_type(
 
 async fn schemas(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let base = base_url(&state, &req);
-    let all: Vec<Value> = SchemaRegistry::get()
+    let all = SchemaRegistry::get()
         .schemas()
         .iter()
         .map(|s| schema_json(&base, s))
         .collect();
-    let n = all.len() as u64;
-    scim_json(StatusCode::OK, &list::list_response(n, 1, all, None, None))
+    discovery_list(all)
 }
 
 async fn schema(

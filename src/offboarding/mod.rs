@@ -87,10 +87,21 @@ pub async fn schedule(
 ) -> Result<Offboarding, OffboardError> {
     let reason = clean(reason, "reason")?;
     let ticket = clean(ticket, "ticket")?;
-    let Some((user_id, stored_name)) = store::find_user(&db.pool, tenant_id, user_name).await?
-    else {
+    let user = crate::directory::Directory::new(db.clone())
+        .find_user_by_user_name(tenant_id, user_name)
+        .await
+        .map_err(|e| match e {
+            crate::directory::DirError::Store(e) => OffboardError::Store(e),
+            other => OffboardError::Invalid(other.to_string()),
+        })?;
+    let Some(user) = user else {
         return Err(OffboardError::UnknownUser(user_name.to_string()));
     };
+    let user_id = user.id;
+    let stored_name = user.resource["userName"]
+        .as_str()
+        .unwrap_or(user_name)
+        .to_string();
     let now = now_ts();
     let at = at
         .map(ts_from)

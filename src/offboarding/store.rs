@@ -28,27 +28,6 @@ fn offboarding(r: &AnyRow) -> Result<Offboarding, sqlx::Error> {
     })
 }
 
-/// (id, userName as stored) of the tenant's user with this userName (not case-exact).
-pub async fn find_user<'e, E>(
-    ex: E,
-    tenant_id: &str,
-    user_name: &str,
-) -> Result<Option<(String, String)>, sqlx::Error>
-where
-    E: Executor<'e, Database = sqlx::Any>,
-{
-    let row =
-        sqlx::query("SELECT id, user_name FROM users WHERE tenant_id = $1 AND user_name_ci = $2")
-            .bind(tenant_id)
-            .bind(user_name.to_lowercase())
-            .fetch_optional(ex)
-            .await?;
-    match row {
-        Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?))),
-        None => Ok(None),
-    }
-}
-
 pub async fn insert(conn: &mut AnyConnection, o: &Offboarding) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO offboardings (id, tenant_id, user_id, user_name, at, reason, ticket, state, \
