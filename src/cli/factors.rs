@@ -8,9 +8,8 @@
 use std::sync::Arc;
 
 use clap::Subcommand;
-use serde_json::json;
 
-use crate::audit::{append_now, AuditActor, AuditEntry};
+use crate::audit::AuditActor;
 use crate::factors::{self, link_key, EnrollMaterial, FactorType, MasterKey};
 use crate::store::Db;
 
@@ -145,18 +144,13 @@ pub async fn run(db: &Db, key: Arc<MasterKey>, cmd: FactorsCmd) -> Result<(), St
             let ft: FactorType = factor_type.parse()?;
             let m = material(ft, credential_id, public_key, destination)?;
             let (user_id, user_key) = resolve_user(db, &t.id, &user).await?;
-            let enrolled = factors::enroll(db, &key, &t.id, &user_key, ft, label, m)
+            let by = factors::AuditedBy {
+                actor: AuditActor::cli("factors enroll"),
+                subject: Some(user_id),
+            };
+            let enrolled = factors::enroll_audited(db, &key, &t.id, &user_key, ft, label, m, by)
                 .await
                 .map_err(|e| e.to_string())?;
-            let entry = AuditEntry::new(
-                "factor.enrolled",
-                AuditActor::cli("factors enroll"),
-                Some(&user_id),
-                json!({"factor_id": enrolled.factor.id, "type": ft, "user_key": user_key, "store": "builtin"}),
-            );
-            append_now(db, &t.id, entry)
-                .await
-                .map_err(|e| format!("enrolled, but the audit entry failed: {e}"))?;
             println!(
                 "{}",
                 serde_json::to_string(&enrolled.factor).map_err(|e| e.to_string())?
@@ -175,19 +169,17 @@ pub async fn run(db: &Db, key: Arc<MasterKey>, cmd: FactorsCmd) -> Result<(), St
         }
         FactorsCmd::Revoke { tenant, id } => {
             let t = super::tenant_named(db, &tenant).await?;
-            let f = factors::revoke_by_id(db, &t.id, &id)
+            let by = factors::AuditedBy {
+                actor: AuditActor::cli("factors revoke"),
+                subject: None,
+            };
+            let (f, changed) = factors::revoke_by_id_audited(db, &t.id, &id, by)
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no factor {id} in tenant {}", t.name))?;
-            let entry = AuditEntry::new(
-                "factor.revoked",
-                AuditActor::cli("factors revoke"),
-                None,
-                json!({"factor_id": f.id, "type": f.factor_type, "store": "builtin", "reason": "admin"}),
-            );
-            append_now(db, &t.id, entry)
-                .await
-                .map_err(|e| format!("revoked, but the audit entry failed: {e}"))?;
+            if !changed {
+                eprintln!("already revoked");
+            }
             println!("{}", serde_json::to_string(&f).map_err(|e| e.to_string())?);
             Ok(())
         }
@@ -200,6 +192,7 @@ mod tests {
     use crate::directory::{Actor, Directory};
     use crate::factors::crypto::KeySource;
     use crate::factors::FactorStatus;
+    use serde_json::json;
     use sqlx::AnyConnection;
 
     #[test]

@@ -134,6 +134,63 @@ pub async fn enroll(
     label: Option<String>,
     material: EnrollMaterial,
 ) -> Result<Enrolled, EnrollError> {
+    enroll_with(
+        db,
+        key,
+        tenant,
+        user_key,
+        factor_type,
+        label,
+        material,
+        None,
+    )
+    .await
+}
+
+/// Who enrolled or revoked a factor, for the audit entry written in the same transaction as
+/// the change (admin API and CLI): `subject` is the SCIM user id when known.
+pub struct AuditedBy {
+    pub actor: crate::audit::AuditActor,
+    pub subject: Option<String>,
+}
+
+/// [`enroll`] with its `factor.enrolled` audit entry committed in the same transaction, so the
+/// evidence can never miss a factor that exists.
+#[allow(clippy::too_many_arguments)]
+pub async fn enroll_audited(
+    db: &Db,
+    key: &MasterKey,
+    tenant: &str,
+    user_key: &str,
+    factor_type: FactorType,
+    label: Option<String>,
+    material: EnrollMaterial,
+    by: AuditedBy,
+) -> Result<Enrolled, EnrollError> {
+    enroll_with(
+        db,
+        key,
+        tenant,
+        user_key,
+        factor_type,
+        label,
+        material,
+        Some(by),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn enroll_with(
+    db: &Db,
+    key: &MasterKey,
+    tenant: &str,
+    user_key: &str,
+    factor_type: FactorType,
+    label: Option<String>,
+    material: EnrollMaterial,
+    by: Option<AuditedBy>,
+) -> Result<Enrolled, EnrollError> {
     let user_key = check_text("user", user_key, 512)?;
     let label = label.map(|l| check_text("label", &l, 200)).transpose()?;
     let id = uuid::Uuid::new_v4().to_string();
@@ -275,6 +332,19 @@ pub async fn enroll(
             fs::insert_factor(conn, &to_store).await?;
             fs::insert_recovery_codes(conn, t, &to_store.factor.id, &hashes).await?;
             fs::satisfy_requirements(conn, t, u, to_store.factor.factor_type).await?;
+            if let Some(by) = by {
+                let detail = serde_json::json!({
+                    "factor_id": to_store.factor.id, "type": to_store.factor.factor_type,
+                    "user_key": u, "store": "builtin",
+                });
+                let entry = crate::audit::AuditEntry::new(
+                    "factor.enrolled",
+                    by.actor,
+                    by.subject.as_deref(),
+                    detail,
+                );
+                crate::audit::append(conn, t, entry).await?;
+            }
             Ok::<(), StoreError>(())
         })
     })
@@ -319,6 +389,63 @@ pub async fn revoke_by_id(
     Ok(fs::get_factor(&db.pool, tenant, factor_id)
         .await?
         .map(|r| r.factor))
+}
+
+/// An admin's revocation by id, in one transaction with its evidence: when the factor was not
+/// already revoked, the `factor.revoked` audit entry and the `factor_revoked` webhook event
+/// commit with it. Returns the factor and whether it changed; None when the tenant has no such
+/// factor.
+pub async fn revoke_by_id_audited(
+    db: &Db,
+    tenant: &str,
+    factor_id: &str,
+    by: AuditedBy,
+) -> Result<Option<(Factor, bool)>, StoreError> {
+    let (t, id) = (tenant.to_string(), factor_id.to_string());
+    let changed = db
+        .write(move |conn: &mut AnyConnection| {
+            Box::pin(async move {
+                let Some(before) = fs::get_factor(&mut *conn, &t, &id).await? else {
+                    return Ok::<_, StoreError>(None);
+                };
+                if before.factor.status == FactorStatus::Revoked {
+                    return Ok(Some(false));
+                }
+                fs::revoke(conn, &t, &before.user_key, &id).await?;
+                let f = &before.factor;
+                let detail = serde_json::json!({
+                    "factor_id": f.id, "type": f.factor_type, "store": "builtin",
+                    "reason": "admin", "user_key": before.user_key,
+                });
+                let entry = crate::audit::AuditEntry::new(
+                    "factor.revoked",
+                    by.actor,
+                    by.subject.as_deref(),
+                    detail,
+                );
+                crate::audit::append(conn, &t, entry).await?;
+                crate::notify::enqueue_event(
+                    conn,
+                    &t,
+                    crate::notify::events::FACTOR_REVOKED,
+                    by.subject.as_deref(),
+                    serde_json::json!({
+                        "factorId": f.id, "factorType": f.factor_type,
+                        "userKey": before.user_key, "reason": "admin",
+                    }),
+                )
+                .await?;
+                Ok(Some(true))
+            })
+        })
+        .await?;
+    let Some(changed) = changed else {
+        return Ok(None);
+    };
+    let factor = fs::get_factor(&db.pool, tenant, factor_id)
+        .await?
+        .map(|r| r.factor);
+    Ok(factor.map(|f| (f, changed)))
 }
 
 /// Opens a session for a user (self-service login later; tests now).

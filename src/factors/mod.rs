@@ -25,6 +25,7 @@ pub use builtin::{
     create_session, enroll, list, list_requirements, list_sessions, revoke_by_id, BuiltinStore,
     EnrollError, EnrollMaterial, Enrolled, EnrollmentRequirement,
 };
+pub use builtin::{enroll_audited, revoke_by_id_audited, AuditedBy};
 pub use crypto::{load_or_create, verify_master_key, MasterKey};
 
 /// Factor types of DESIGN.md; serialized in snake_case (`recovery_codes`, `hardware_otp`).

@@ -43,7 +43,7 @@ use sqlx::AnyConnection;
 use super::auth::AdminPrincipal;
 use super::AppState;
 use crate::audit::{self, AuditActor, AuditEntry};
-use crate::factors::{self, EnrollError, EnrollMaterial, FactorStatus, FactorType};
+use crate::factors::{self, EnrollError, EnrollMaterial, FactorType};
 use crate::notify::{self, NewSubscription};
 use crate::offboarding::{self, OffboardError};
 use crate::policy::store::PolicyStoreError;
@@ -619,7 +619,11 @@ async fn enroll_factor(
             by.as_str()
         ))
     })?;
-    let enrolled = factors::enroll(
+    let by = factors::AuditedBy {
+        actor: audit_actor(&admin),
+        subject: Some(user_id.clone()),
+    };
+    let enrolled = factors::enroll_audited(
         &state.db,
         &state.master_key,
         &tenant,
@@ -627,16 +631,9 @@ async fn enroll_factor(
         factor_type,
         body.label,
         m,
+        by,
     )
     .await?;
-    // factors::enroll commits on its own; the audit entry follows it.
-    let entry = AuditEntry::new(
-        "factor.enrolled",
-        audit_actor(&admin),
-        Some(&user_id),
-        json!({"factor_id": enrolled.factor.id, "type": factor_type, "user_key": key, "store": "builtin"}),
-    );
-    audit::append_now(&state.db, &tenant, entry).await?;
     let mut body = to_json(&enrolled)?;
     body["userId"] = json!(user_id);
     Ok(no_store(StatusCode::CREATED, body))
@@ -650,45 +647,14 @@ async fn revoke_factor(
     require_write(&admin)?;
     let factor_id = path_id(&path)?.to_string();
     let tenant = admin.tenant().to_string();
-    let before = factors::store::get_factor(&state.db.pool, &tenant, &factor_id)
+    let by = factors::AuditedBy {
+        actor: audit_actor(&admin),
+        subject: None,
+    };
+    let (factor, changed) = factors::revoke_by_id_audited(&state.db, &tenant, &factor_id, by)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no factor with id {factor_id:?}")))?;
-    let factor = factors::revoke_by_id(&state.db, &tenant, &factor_id)
-        .await?
-        .ok_or_else(|| AdminError::NotFound(format!("no factor with id {factor_id:?}")))?;
-    let changed = before.factor.status != FactorStatus::Revoked;
     if changed {
-        let actor = audit_actor(&admin);
-        let (t, f, user_key) = (tenant.clone(), factor.clone(), before.user_key.clone());
-        state
-            .db
-            .write(move |conn: &mut AnyConnection| {
-                Box::pin(async move {
-                    let detail = json!({
-                        "factor_id": f.id, "type": f.factor_type, "store": "builtin",
-                        "reason": "admin", "user_key": user_key,
-                    });
-                    audit::append(
-                        conn,
-                        &t,
-                        AuditEntry::new("factor.revoked", actor, None, detail),
-                    )
-                    .await?;
-                    notify::enqueue_event(
-                        conn,
-                        &t,
-                        notify::events::FACTOR_REVOKED,
-                        None,
-                        json!({
-                            "factorId": f.id, "factorType": f.factor_type, "userKey": user_key,
-                            "reason": "admin",
-                        }),
-                    )
-                    .await?;
-                    Ok::<_, StoreError>(())
-                })
-            })
-            .await?;
         notify::nudge();
     }
     let mut body = to_json(&factor)?;

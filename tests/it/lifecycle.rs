@@ -387,3 +387,64 @@ async fn audit_only_mode_records_and_executes_nothing() {
         );
     }
 }
+
+#[tokio::test]
+async fn admin_enroll_and_revoke_commit_with_their_audit_entries() {
+    for app in apps().await {
+        let e = app.engine;
+        let id = app.create_user("audited@example.com").await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let f = enroll(&app, &id, json!({"type": "totp"})).await;
+        let fid = f["factor"]["id"].as_str().unwrap().to_string();
+        let r = app
+            .admin(Method::GET, "/admin/v1/audit?kind=factor.&limit=100", None)
+            .await;
+        let entries = r.body["entries"].as_array().unwrap().clone();
+        let enrolled: Vec<_> = entries
+            .iter()
+            .filter(|x| x["kind"] == "factor.enrolled" && x["detail"]["factor_id"] == fid.as_str())
+            .collect();
+        assert_eq!(enrolled.len(), 1, "[{e}] {}", r.text);
+        assert_eq!(
+            enrolled[0]["subject"],
+            id.as_str(),
+            "[{e}] the SCIM user is the subject"
+        );
+        for (i, want_changed) in [true, false].into_iter().enumerate() {
+            let r = app
+                .admin(
+                    Method::POST,
+                    &format!("/admin/v1/factors/{fid}/revoke"),
+                    None,
+                )
+                .await;
+            assert_eq!(r.status, 200, "[{e}] revoke #{i}: {}", r.text);
+            assert_eq!(r.body["changed"], want_changed, "[{e}] revoke #{i}");
+            assert_eq!(r.body["status"], "revoked");
+        }
+        let r = app
+            .admin(
+                Method::GET,
+                "/admin/v1/audit?kind=factor.revoked&limit=100",
+                None,
+            )
+            .await;
+        let n = r.body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["detail"]["factor_id"] == fid.as_str())
+            .count();
+        assert_eq!(n, 1, "[{e}] one revocation, one entry: {}", r.text);
+        let r = app
+            .admin(
+                Method::POST,
+                "/admin/v1/factors/no-such-factor/revoke",
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 404, "[{e}] {}", r.text);
+    }
+}
