@@ -107,15 +107,18 @@ async fn append_chunk(
         "INSERT INTO audit_log (tenant_id, seq, id, at, kind, actor_kind, actor_id, actor_name, \
          client_ip, request_id, subject, detail, prev_hash, hash) VALUES {values}"
     );
-    // PostgreSQL moves the head in the same statement (a data-modifying CTE): one round trip
-    // fewer while the head row is locked. SQLite has no such CTE; its writer is alone anyway.
+    // The head moves in the same round trip as the insert: on PostgreSQL in a data-modifying
+    // CTE (while the head row is locked), on SQLite as a second statement of the same call
+    // (each call crosses to SQLite's thread and back; the writer is alone anyway).
+    let head_param = rows.len() * 14 + 1;
     let sql = match engine {
         Engine::Postgres => format!(
-            "WITH ins AS ({insert} RETURNING 1) UPDATE audit_heads SET hash = ${} \
-             WHERE tenant_id = $1",
-            rows.len() * 14 + 1
+            "WITH ins AS ({insert} RETURNING 1) UPDATE audit_heads SET hash = ${head_param} \
+             WHERE tenant_id = $1"
         ),
-        Engine::Sqlite => insert,
+        Engine::Sqlite => {
+            format!("{insert}; UPDATE audit_heads SET hash = ${head_param} WHERE tenant_id = $1")
+        }
     };
     let mut q = sqlx::query(&sql);
     for (row, entry) in rows.iter().zip(entries) {
@@ -135,17 +138,7 @@ async fn append_chunk(
             .bind(&row.prev_hash)
             .bind(&row.hash);
     }
-    if engine == Engine::Postgres {
-        q = q.bind(&prev_hash);
-    }
-    q.execute(&mut *conn).await?;
-    if engine == Engine::Sqlite {
-        sqlx::query("UPDATE audit_heads SET hash = $2 WHERE tenant_id = $1")
-            .bind(tenant_id)
-            .bind(&prev_hash)
-            .execute(&mut *conn)
-            .await?;
-    }
+    q.bind(&prev_hash).execute(&mut *conn).await?;
     Ok((last_seq, prev_hash))
 }
 

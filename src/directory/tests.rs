@@ -1548,3 +1548,37 @@ async fn big_group_deltas() {
         println!("{:?}: create with {n} members {t_create:?}, remove one {t_remove:?}, read members {t_read:?}", d.db().engine);
     }
 }
+
+/// A user's groups are read on every SCIM request about the user and every converge: the walk
+/// must start from the user's own membership rows and look groups up by id, whatever the
+/// tenant's size (SQLite's planner took the tenant's whole membership and group ranges).
+#[tokio::test]
+async fn user_groups_walks_from_the_member() {
+    for d in dirs().await {
+        if d.db().engine != Engine::Sqlite {
+            continue;
+        }
+        let sql = format!("EXPLAIN QUERY PLAN {}", super::users::USER_GROUPS_SQL);
+        let rows = sqlx::query(&sql)
+            .bind("t")
+            .bind("u")
+            .bind(8i64)
+            .fetch_all(&d.db().pool)
+            .await
+            .unwrap();
+        let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>(3)).collect();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("group_members_member (tenant_id=? AND member_id=?)"),
+            "{plan}"
+        );
+        assert!(
+            plan.contains("SEARCH g USING INDEX sqlite_autoindex_groups_1 (tenant_id=? AND id=?)"),
+            "{plan}"
+        );
+        assert!(
+            !plan.contains("SCAN gm") && !plan.contains("SCAN g\n"),
+            "{plan}"
+        );
+    }
+}

@@ -85,6 +85,22 @@ pub(crate) async fn load_user(
     row.as_ref().map(stored_from_row).transpose()
 }
 
+/// A user's groups, direct and through nested groups ($3 levels), by display name; see
+/// [`Directory::user_groups`]. `CROSS JOIN` keeps SQLite walking from the user's memberships
+/// out (it would otherwise scan the tenant's groups in display order).
+pub(crate) const USER_GROUPS_SQL: &str = "WITH RECURSIVE anc(group_id, depth) AS ( \
+               SELECT gm.group_id, 1 FROM group_members gm \
+                 WHERE gm.tenant_id = $1 AND gm.member_id = $2 \
+               UNION \
+               SELECT gm.group_id, anc.depth + 1 FROM anc CROSS JOIN group_members gm \
+                 WHERE gm.tenant_id = $1 AND gm.member_id = anc.group_id \
+                   AND gm.member_type = 'Group' AND anc.depth < $3 \
+             ) \
+             SELECT g.id, g.display_name, CAST(MIN(anc.depth) AS BIGINT) \
+             FROM anc CROSS JOIN groups g WHERE g.tenant_id = $1 AND g.id = anc.group_id \
+             GROUP BY g.id, g.display_name, g.display_name_ci \
+             ORDER BY g.display_name_ci, g.id";
+
 impl Directory {
     /// Store a new user. `resource` is validated and normalised; `id`, `meta`, `groups` and
     /// `password` in it are ignored.
@@ -184,25 +200,12 @@ impl Directory {
         tenant: &str,
         user_id: &str,
     ) -> Result<Vec<GroupRef>, DirError> {
-        let rows = sqlx::query(
-            "WITH RECURSIVE anc(group_id, depth) AS ( \
-               SELECT gm.group_id, 1 FROM group_members gm \
-                 WHERE gm.tenant_id = $1 AND gm.member_id = $2 \
-               UNION \
-               SELECT gm.group_id, anc.depth + 1 FROM group_members gm \
-                 JOIN anc ON gm.member_id = anc.group_id \
-                 WHERE gm.tenant_id = $1 AND gm.member_type = 'Group' AND anc.depth < $3 \
-             ) \
-             SELECT g.id, g.display_name, CAST(MIN(anc.depth) AS BIGINT) \
-             FROM anc JOIN groups g ON g.tenant_id = $1 AND g.id = anc.group_id \
-             GROUP BY g.id, g.display_name, g.display_name_ci \
-             ORDER BY g.display_name_ci, g.id",
-        )
-        .bind(tenant)
-        .bind(user_id)
-        .bind(MAX_NESTING)
-        .fetch_all(&self.db.pool)
-        .await?;
+        let rows = sqlx::query(USER_GROUPS_SQL)
+            .bind(tenant)
+            .bind(user_id)
+            .bind(MAX_NESTING)
+            .fetch_all(&self.db.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 let depth: i64 = r.try_get(2)?;

@@ -98,11 +98,20 @@ pub async fn check(
         });
     }
     let since = window_start(&row, now);
-    let (count, counted) = store::window_users(conn, tenant_id, &since, user_id).await?;
+    // Count up to what the bounds need: reaching `max` trips; past the percentage floor the
+    // exact count matters (bounded by `max` again). A user already counted adds nothing.
+    let max = i64::try_from(rule.max_destructive_per_15m).unwrap_or(i64::MAX);
+    let floor = i64::try_from(rule.percent_applies_above).unwrap_or(i64::MAX);
+    let limit = max.min(floor.saturating_add(1));
+    let (counted, mut count) = store::window_users(conn, tenant_id, &since, user_id, limit).await?;
     if !counted {
+        if count > floor && count < max {
+            count = store::window_users(conn, tenant_id, &since, user_id, max)
+                .await?
+                .1;
+        }
         // The percentage base costs a count over the tenant's users: only read it when the
         // percentage bound can apply.
-        let floor = i64::try_from(rule.percent_applies_above).unwrap_or(i64::MAX);
         let active = if count + 1 > floor {
             store::count_active_users(conn, tenant_id).await?
         } else {

@@ -26,7 +26,7 @@ use sqlx::AnyConnection;
 
 use crate::audit::{self, AuditActor, AuditEntry};
 use crate::directory::Directory;
-use crate::factors::{self, FactorError, FactorStore, FactorType, MasterKey};
+use crate::factors::{self, FactorChange, FactorError, FactorStore, FactorType, MasterKey};
 use crate::jobs::{self, Finished, Job, JobError, JobsConfig};
 use crate::notify::{self, events};
 use crate::policy::{self, desired_state, DesiredState, Lifecycle, Policy, RequireRule, UserFacts};
@@ -567,10 +567,30 @@ pub async fn converge_with(
         .cloned()
         .collect();
 
-    // 1. The decision, before acting: audit entry, guard, quarantine, follow-up.
+    // A store in deprovd's own database runs its changes inside the decision's transaction:
+    // one commit per converge, and no crash can separate a change from its audit entry.
+    let fstore = ctx.factor_store(tenant);
+    let up = Arc::new(up);
+    let local = match &up.link_key {
+        Some(key) if !audit_only && fstore.in_database() => Some(LocalRun {
+            store: fstore.clone(),
+            key: key.clone(),
+            policy: policy.clone(),
+            plan: up.clone(),
+        }),
+        _ => None,
+    };
+
+    // 1. The decision, before acting: audit entry, guard, quarantine, follow-up (and, for a
+    //    local store, the actions and their outcomes).
     let must_record = !up.actions.is_empty() || opts.record_noop;
     let mut verdict = guard::Verdict::Execute;
-    if must_record || up.next_due.is_some() || up.quarantined {
+    let local_bookkeeping = local.is_some() && {
+        let (rows, stale) = bookkeeping(&up, enforcement_rows(&policy, &up, &[], now));
+        !rows.is_empty() || !stale.is_empty()
+    };
+    let mut ran_locally = false;
+    if must_record || up.next_due.is_some() || up.quarantined || local_bookkeeping {
         let decision = json!({
             "trigger": opts.trigger,
             "policy": {
@@ -590,6 +610,7 @@ pub async fn converge_with(
         } else {
             (Vec::new(), Vec::new())
         };
+        ran_locally = local.is_some();
         let d = Decision {
             tenant: tenant.to_string(),
             user_id: user_id.to_string(),
@@ -603,14 +624,18 @@ pub async fn converge_with(
             job: opts.job.clone(),
             rows: early_rows,
             quarantined: up.quarantined,
+            local,
             now,
         };
-        let (v, completed) = ctx
+        let decided = ctx
             .db
             .write(move |conn: &mut AnyConnection| Box::pin(async move { decide(conn, d).await }))
             .await?;
-        verdict = v;
-        outcome.job_completed = completed;
+        verdict = decided.verdict;
+        outcome.job_completed = decided.completed;
+        if ran_locally {
+            tally(&mut outcome, &decided.results);
+        }
     }
     let quarantined = matches!(verdict, guard::Verdict::Quarantine { .. });
     if let guard::Verdict::Quarantine { tripped_now, .. } = &verdict {
@@ -621,46 +646,39 @@ pub async fn converge_with(
         return Ok(outcome);
     }
 
-    // 2. Execute through the tenant's factor store, the actions side by side (each is
-    //    idempotent and about a different factor, or the sessions, or the requirement).
-    let to_run: Vec<Action> = up
-        .actions
-        .iter()
-        .filter(|a| !(quarantined && a.is_destructive()))
-        .cloned()
-        .collect();
-    let mut results: Vec<(Action, Result<Value, FactorError>)> = Vec::new();
-    if let (Some(key), false) = (&up.link_key, to_run.is_empty()) {
-        let fstore = ctx.factor_store(tenant);
-        let runs = to_run
+    if !ran_locally {
+        // 2. Execute through the tenant's factor store, the actions side by side (each is
+        //    idempotent and about a different factor, or the sessions, or the requirement).
+        let to_run: Vec<Action> = up
+            .actions
             .iter()
-            .map(|a| execute(fstore.as_ref(), tenant, key, a));
-        let done = futures_util::future::join_all(runs).await;
-        results = to_run.into_iter().zip(done).collect();
-    }
-    for (a, r) in &results {
-        match r {
-            Ok(_) => outcome.executed.push(a.clone()),
-            Err(e) => outcome.failed.push(FailedAction {
-                action: a.clone(),
-                error: e.message.clone(),
-                retryable: e.retryable,
-            }),
+            .filter(|a| !(quarantined && a.is_destructive()))
+            .cloned()
+            .collect();
+        let mut results: Vec<(Action, Result<Value, FactorError>)> = Vec::new();
+        if let (Some(key), false) = (&up.link_key, to_run.is_empty()) {
+            let runs = to_run
+                .iter()
+                .map(|a| execute(fstore.as_ref(), tenant, key, a));
+            let done = futures_util::future::join_all(runs).await;
+            results = to_run.into_iter().zip(done).collect();
         }
-    }
+        tally(&mut outcome, &results);
 
-    // 3. Record the outcomes (and the enforcement bookkeeping they change).
-    let (rows, stale) = bookkeeping(&up, enforcement_rows(&policy, &up, &outcome.executed, now));
-    if !results.is_empty() || !rows.is_empty() || !stale.is_empty() {
-        // A job is done only when nothing failed; otherwise the worker backs it off.
-        let job = if outcome.failed.is_empty() && !outcome.job_completed {
-            opts.job.clone()
-        } else {
-            None
-        };
-        let completed =
-            write_outcomes(ctx, tenant, user_id, &up, results, rows, stale, job).await?;
-        outcome.job_completed |= completed;
+        // 3. Record the outcomes (and the enforcement bookkeeping they change).
+        let (rows, stale) =
+            bookkeeping(&up, enforcement_rows(&policy, &up, &outcome.executed, now));
+        if !results.is_empty() || !rows.is_empty() || !stale.is_empty() {
+            // A job is done only when nothing failed; otherwise the worker backs it off.
+            let job = if outcome.failed.is_empty() && !outcome.job_completed {
+                opts.job.clone()
+            } else {
+                None
+            };
+            let completed =
+                write_outcomes(ctx, tenant, user_id, &up, results, rows, stale, job).await?;
+            outcome.job_completed |= completed;
+        }
     }
 
     if !outcome.failed.is_empty() {
@@ -682,6 +700,38 @@ pub async fn converge_with(
     Ok(outcome)
 }
 
+/// Sorts action results into the outcome's executed and failed lists.
+fn tally(outcome: &mut ConvergeOutcome, results: &[(Action, Result<Value, FactorError>)]) {
+    for (a, r) in results {
+        match r {
+            Ok(_) => outcome.executed.push(a.clone()),
+            Err(e) => outcome.failed.push(FailedAction {
+                action: a.clone(),
+                error: e.message.clone(),
+                retryable: e.retryable,
+            }),
+        }
+    }
+}
+
+/// A converge whose factor store lives in deprovd's database: what the decision transaction
+/// needs to run the actions and record their outcomes itself.
+struct LocalRun {
+    store: Arc<dyn FactorStore>,
+    key: String,
+    policy: Arc<Policy>,
+    plan: Arc<UserPlan>,
+}
+
+/// What the decision transaction did.
+struct Decided {
+    verdict: guard::Verdict,
+    /// It marked the job done.
+    completed: bool,
+    /// The actions it ran (local stores only).
+    results: Vec<(Action, Result<Value, FactorError>)>,
+}
+
 /// What the decision transaction needs.
 struct Decision {
     tenant: String,
@@ -700,15 +750,14 @@ struct Decision {
     rows: (Vec<store::EnforcementRow>, Vec<String>),
     /// Planning saw a quarantine entry for the user.
     quarantined: bool,
+    /// Run the actions here too (a store in deprovd's database).
+    local: Option<LocalRun>,
     now: DateTime<Utc>,
 }
 
 /// The decision transaction of a converge. Returns the guard's verdict and whether it marked
 /// the job done.
-async fn decide(
-    conn: &mut AnyConnection,
-    d: Decision,
-) -> Result<(guard::Verdict, bool), StoreError> {
+async fn decide(conn: &mut AnyConnection, d: Decision) -> Result<Decided, ConvergeError> {
     let (tenant, user_id) = (d.tenant.as_str(), d.user_id.as_str());
     // Read only when planning saw an entry (the user's jobs never run concurrently).
     let held = if d.quarantined {
@@ -790,7 +839,48 @@ async fn decide(
             ));
         }
     }
-    let (rows, stale) = &d.rows;
+    // A local store: run what the guard lets through, here, and record the outcomes.
+    let mut results = Vec::new();
+    let mut rows = d.rows;
+    if let Some(run) = &d.local {
+        for a in d
+            .actions
+            .iter()
+            .filter(|a| !(quarantined && a.is_destructive()))
+        {
+            let r = match factor_change(a) {
+                Some(change) => run.store.apply_in_tx(conn, tenant, &run.key, &change).await,
+                None => Ok(json!({})),
+            };
+            if let Err(e) = &r {
+                if e.retryable {
+                    // The database failed under us: abandon the whole transaction (decision
+                    // included) and let the job run again.
+                    return Err(ConvergeError::from(e.clone()));
+                }
+            }
+            results.push((a.clone(), r));
+        }
+        let executed: Vec<Action> = results
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(a, _)| a.clone())
+            .collect();
+        record_outcomes(
+            conn,
+            tenant,
+            user_id,
+            Some(&run.key),
+            &results,
+            &mut entries,
+        )
+        .await?;
+        rows = bookkeeping(
+            &run.plan,
+            enforcement_rows(&run.policy, &run.plan, &executed, d.now),
+        );
+    }
+    let (rows, stale) = &rows;
     for row in rows {
         store::upsert_enforcement(conn, tenant, user_id, row).await?;
     }
@@ -802,13 +892,83 @@ async fn decide(
     }
     let nothing_left = d.audit_only
         || d.actions.is_empty()
-        || (quarantined && d.actions.iter().all(Action::is_destructive));
+        || (quarantined && d.actions.iter().all(Action::is_destructive))
+        || (d.local.is_some() && results.iter().all(|(_, r)| r.is_ok()));
     let mut completed = false;
     if let (Some((job_id, worker)), true) = (&d.job, nothing_left) {
         completed = jobs::store::complete_in_tx(conn, job_id, worker).await?;
     }
     audit::append_many(conn, tenant, &entries).await?;
-    Ok((verdict, completed))
+    Ok(Decided {
+        verdict,
+        completed,
+        results,
+    })
+}
+
+/// The factor-store change an action makes; None for actions only recorded.
+fn factor_change(action: &Action) -> Option<FactorChange> {
+    Some(match action {
+        Action::SuspendFactor { factor_id, .. } => FactorChange::Suspend {
+            factor_id: factor_id.clone(),
+        },
+        Action::ResumeFactor { factor_id, .. } => FactorChange::Resume {
+            factor_id: factor_id.clone(),
+        },
+        Action::RevokeFactor { factor_id, .. } => FactorChange::Revoke {
+            factor_id: factor_id.clone(),
+        },
+        Action::RevokeSessions { .. } => FactorChange::RevokeSessions,
+        Action::RequireEnrollment {
+            types, deadline, ..
+        } => FactorChange::RequireEnrollment {
+            types: types.clone(),
+            deadline: deadline.clone(),
+        },
+        Action::RequirementOverdue { .. } => return None,
+    })
+}
+
+/// Adds an audit entry per action result to `entries`, and enqueues a webhook event per
+/// success; on the outcome's transaction.
+async fn record_outcomes(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    user_id: &str,
+    link_key: Option<&str>,
+    results: &[(Action, Result<Value, FactorError>)],
+    entries: &mut Vec<AuditEntry>,
+) -> Result<(), sqlx::Error> {
+    let mut events = Vec::new();
+    for (action, result) in results {
+        match result {
+            Ok(res) => {
+                if let Some(ev) = event_for(action) {
+                    let mut payload = json!({ "user_id": user_id, "action": action });
+                    if let Action::RequirementOverdue { .. } = action {
+                        payload["overdue"] = json!(true);
+                    }
+                    events.push((ev, payload));
+                }
+                entries.push(AuditEntry::new(
+                    audit::kinds::ACTION_EXECUTED,
+                    system_actor(),
+                    Some(user_id),
+                    json!({ "action": action, "result": res, "link_key": link_key }),
+                ));
+            }
+            Err(e) => entries.push(AuditEntry::new(
+                audit::kinds::ACTION_FAILED,
+                system_actor(),
+                Some(user_id),
+                json!({
+                    "action": action, "error": e.message, "retryable": e.retryable,
+                    "link_key": link_key,
+                }),
+            )),
+        }
+    }
+    notify::enqueue_events(conn, tenant, Some(user_id), events).await
 }
 
 /// Runs one action through the factor store; the JSON says what it did.
@@ -875,34 +1035,7 @@ async fn write_outcomes(
         .write(move |conn: &mut AnyConnection| {
             Box::pin(async move {
                 let mut entries = Vec::with_capacity(results.len());
-                for (action, result) in &results {
-                    match result {
-                        Ok(res) => {
-                            if let Some(ev) = event_for(action) {
-                                let mut payload = json!({ "user_id": u, "action": action });
-                                if let Action::RequirementOverdue { .. } = action {
-                                    payload["overdue"] = json!(true);
-                                }
-                                notify::enqueue_event(conn, &t, ev, Some(&u), payload).await?;
-                            }
-                            entries.push(AuditEntry::new(
-                                audit::kinds::ACTION_EXECUTED,
-                                system_actor(),
-                                Some(&u),
-                                json!({ "action": action, "result": res, "link_key": link_key }),
-                            ));
-                        }
-                        Err(e) => entries.push(AuditEntry::new(
-                            audit::kinds::ACTION_FAILED,
-                            system_actor(),
-                            Some(&u),
-                            json!({
-                                "action": action, "error": e.message, "retryable": e.retryable,
-                                "link_key": link_key,
-                            }),
-                        )),
-                    }
-                }
+                record_outcomes(conn, &t, &u, link_key.as_deref(), &results, &mut entries).await?;
                 for row in &rows {
                     store::upsert_enforcement(conn, &t, &u, row).await?;
                 }

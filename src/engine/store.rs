@@ -103,31 +103,31 @@ pub async fn read_guard(db: &Db, tenant_id: &str) -> Result<GuardRow, sqlx::Erro
         .map(Option::unwrap_or_default)
 }
 
-/// Distinct users with counted destructive actions since `since`, and whether `user_id` is one.
+/// Whether `user_id` already counts in the window that starts at `since`, and how many distinct
+/// users do, counting no further than `limit`: the guard only needs to know whether a bound is
+/// reached, and an unbounded count would walk the whole window on every destructive converge.
+/// One statement: this runs inside every destructive converge's transaction.
 pub async fn window_users(
     conn: &mut AnyConnection,
     tenant_id: &str,
     since: &str,
     user_id: &str,
-) -> Result<(i64, bool), sqlx::Error> {
+    limit: i64,
+) -> Result<(bool, i64), sqlx::Error> {
     let row = sqlx::query(
-        "SELECT COUNT(*) FROM guard_actions WHERE tenant_id = $1 AND at >= $2 AND bypass = 0",
+        "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM guard_actions WHERE tenant_id = $1 \
+           AND user_id = $3 AND at >= $2 AND bypass = 0) THEN 1 ELSE 0 END AS BIGINT), \
+         (SELECT COUNT(*) FROM (SELECT 1 FROM guard_actions WHERE tenant_id = $1 AND at >= $2 \
+           AND bypass = 0 LIMIT $4) w)",
     )
     .bind(tenant_id)
     .bind(since)
+    .bind(user_id)
+    .bind(limit.max(0))
     .fetch_one(&mut *conn)
     .await?;
-    let count: i64 = row.try_get(0)?;
-    let mine = sqlx::query(
-        "SELECT 1 FROM guard_actions WHERE tenant_id = $1 AND user_id = $2 AND at >= $3 \
-         AND bypass = 0",
-    )
-    .bind(tenant_id)
-    .bind(user_id)
-    .bind(since)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok((count, mine.is_some()))
+    let counted: i64 = row.try_get(0)?;
+    Ok((counted == 1, row.try_get(1)?))
 }
 
 /// Distinct counted users since `since` (status display).

@@ -27,7 +27,15 @@ async fn deactivation_suspends_factors_ends_sessions_and_is_audited() {
     for f in fixtures().await {
         let id = f.user_with_factors("alice").await;
         f.set_active(&id, false).await;
+        let (_, writes_before) = f.db().write_stats();
         let out = run(&f, &id).await;
+        // The built-in store lives in our database: decision, actions and outcomes are one
+        // transaction (nothing can commit a change without its audit entry).
+        assert_eq!(
+            f.db().write_stats().1 - writes_before,
+            1,
+            "one write per converge"
+        );
         assert_eq!(
             names(&out.executed),
             vec![
@@ -416,6 +424,55 @@ async fn store_outage_fails_the_converge_retryably_then_completes() {
         assert_eq!(run(&f, &id).await.executed.len(), 4);
         assert!(f.all("flaky", Suspended).await);
         factors::clear_store_override(&f.tenant);
+    }
+}
+
+#[tokio::test]
+async fn a_database_failure_inside_a_local_converge_leaves_nothing_half_done() {
+    for f in fixtures().await {
+        let id = f.user_with_factors("torn").await;
+        f.set_active(&id, false).await;
+        let entries_before = f.audit_kinds(&id).await.len();
+        // Ending sessions fails inside the transaction, after the factors were suspended in it.
+        match f.db().engine {
+            crate::store::Engine::Sqlite => {
+                f.exec(
+                    "CREATE TRIGGER injected BEFORE UPDATE ON factor_sessions \
+                     BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+                )
+                .await
+            }
+            crate::store::Engine::Postgres => {
+                f.exec(
+                    "CREATE FUNCTION injected() RETURNS trigger AS $$ BEGIN \
+                     RAISE EXCEPTION 'injected failure'; END $$ LANGUAGE plpgsql",
+                )
+                .await;
+                f.exec(
+                    "CREATE TRIGGER injected BEFORE UPDATE ON factor_sessions \
+                     FOR EACH ROW EXECUTE FUNCTION injected()",
+                )
+                .await
+            }
+        }
+        let e = converge_with(&f.ctx, &f.tenant, &id, &opts("deactivated"))
+            .await
+            .unwrap_err();
+        assert!(e.retryable, "{e:?}");
+        // Rolled back as a whole: no factor suspended, no decision or action entry.
+        assert!(f.all("torn", Active).await);
+        assert_eq!(f.live_sessions("torn").await, 1);
+        assert_eq!(f.audit_kinds(&id).await.len(), entries_before);
+        f.exec(match f.db().engine {
+            crate::store::Engine::Sqlite => "DROP TRIGGER injected",
+            crate::store::Engine::Postgres => "DROP TRIGGER injected ON factor_sessions",
+        })
+        .await;
+        // The retry does all of it.
+        let out = run(&f, &id).await;
+        assert_eq!(out.executed.len(), 4, "{:?}", out.executed);
+        assert!(f.all("torn", Suspended).await);
+        assert!(crate::audit::verify(f.db(), None).await.unwrap().ok);
     }
 }
 

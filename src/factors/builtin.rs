@@ -12,13 +12,14 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use rand::RngCore;
 use serde::Serialize;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
 use super::crypto::{row_aad, MasterKey};
 use super::store as fs;
 use super::totp;
-use super::{Factor, FactorError, FactorStatus, FactorStore, FactorType, Session};
+use super::{Factor, FactorChange, FactorError, FactorStatus, FactorStore, FactorType, Session};
 use crate::store::{now_ts, Db, StoreError};
 
 /// Recovery codes handed out per set.
@@ -515,68 +516,21 @@ impl BuiltinStore {
         BuiltinStore { db, key }
     }
 
-    /// Runs one status change; when it changes nothing, explains from the current row.
+    /// Runs one status change in its own transaction.
     async fn change(&self, tenant: &str, user_key: &str, factor_id: &str, op: Op) -> FResult<()> {
         let (t, u, id) = (
             tenant.to_string(),
             user_key.to_string(),
             factor_id.to_string(),
         );
-        let changed = self
-            .db
+        self.db
             .write(move |conn: &mut AnyConnection| {
-                Box::pin(async move {
-                    let changed = match op {
-                        Op::Suspend => {
-                            fs::transition(
-                                conn,
-                                &t,
-                                &u,
-                                &id,
-                                FactorStatus::Active,
-                                FactorStatus::Suspended,
-                            )
-                            .await?
-                        }
-                        Op::Resume => {
-                            fs::transition(
-                                conn,
-                                &t,
-                                &u,
-                                &id,
-                                FactorStatus::Suspended,
-                                FactorStatus::Active,
-                            )
-                            .await?
-                        }
-                        Op::Revoke => fs::revoke(conn, &t, &u, &id).await?,
-                    };
-                    Ok::<bool, StoreError>(changed)
-                })
+                Box::pin(
+                    async move { Ok::<_, StoreError>(change_in_tx(conn, &t, &u, &id, op).await?) },
+                )
             })
             .await
-            .map_err(db_err)?;
-        if changed {
-            return Ok(());
-        }
-        let row = fs::get_factor(&self.db.pool, tenant, factor_id)
-            .await
-            .map_err(db_err)?;
-        let status = match row {
-            Some(r) if r.user_key == user_key => r.factor.status,
-            _ => {
-                return Err(FactorError::permanent(format!(
-                    "no factor {factor_id} for user {user_key:?} in the built-in store"
-                )))
-            }
-        };
-        match (op, status) {
-            (Op::Resume, FactorStatus::Revoked) => Err(FactorError::permanent(format!(
-                "factor {factor_id} is revoked and cannot be resumed; the user must enroll again"
-            ))),
-            // Already where it should be (or stronger: a revoked factor is also unusable).
-            _ => Ok(()),
-        }
+            .map_err(db_err)?
     }
 
     async fn verify(&self, tenant: &str, user_key: &str, code: &str) -> FResult<bool> {
@@ -671,6 +625,61 @@ enum Op {
     Suspend,
     Resume,
     Revoke,
+}
+
+/// One status change on `conn`; when it changes nothing, explains from the current row (already
+/// there is a success, resuming a revoked factor or an unknown factor is not). The outer error
+/// is the database's; the inner one the store's answer.
+async fn change_in_tx(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    user_key: &str,
+    factor_id: &str,
+    op: Op,
+) -> Result<FResult<()>, sqlx::Error> {
+    let changed = match op {
+        Op::Suspend => {
+            fs::transition(
+                conn,
+                tenant,
+                user_key,
+                factor_id,
+                FactorStatus::Active,
+                FactorStatus::Suspended,
+            )
+            .await?
+        }
+        Op::Resume => {
+            fs::transition(
+                conn,
+                tenant,
+                user_key,
+                factor_id,
+                FactorStatus::Suspended,
+                FactorStatus::Active,
+            )
+            .await?
+        }
+        Op::Revoke => fs::revoke(conn, tenant, user_key, factor_id).await?,
+    };
+    if changed {
+        return Ok(Ok(()));
+    }
+    let status = match fs::get_factor(&mut *conn, tenant, factor_id).await? {
+        Some(r) if r.user_key == user_key => r.factor.status,
+        _ => {
+            return Ok(Err(FactorError::permanent(format!(
+                "no factor {factor_id} for user {user_key:?} in the built-in store"
+            ))))
+        }
+    };
+    Ok(match (op, status) {
+        (Op::Resume, FactorStatus::Revoked) => Err(FactorError::permanent(format!(
+            "factor {factor_id} is revoked and cannot be resumed; the user must enroll again"
+        ))),
+        // Already where it should be (or stronger: a revoked factor is also unusable).
+        _ => Ok(()),
+    })
 }
 
 impl FactorStore for BuiltinStore {
@@ -785,6 +794,52 @@ impl FactorStore for BuiltinStore {
                 })
                 .await
                 .map_err(db_err)
+        })
+    }
+
+    fn in_database(&self) -> bool {
+        true
+    }
+
+    fn apply_in_tx<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        tenant: &'a str,
+        user_key: &'a str,
+        change: &'a FactorChange,
+    ) -> BoxFuture<'a, FResult<Value>> {
+        Box::pin(async move {
+            let done = match change {
+                FactorChange::Suspend { factor_id } => {
+                    change_in_tx(conn, tenant, user_key, factor_id, Op::Suspend)
+                        .await
+                        .map(|r| r.map(|()| json!({})))
+                }
+                FactorChange::Resume { factor_id } => {
+                    change_in_tx(conn, tenant, user_key, factor_id, Op::Resume)
+                        .await
+                        .map(|r| r.map(|()| json!({})))
+                }
+                FactorChange::Revoke { factor_id } => {
+                    change_in_tx(conn, tenant, user_key, factor_id, Op::Revoke)
+                        .await
+                        .map(|r| r.map(|()| json!({})))
+                }
+                FactorChange::RevokeSessions => fs::revoke_sessions(conn, tenant, user_key)
+                    .await
+                    .map(|n| Ok(json!({ "sessions_ended": n }))),
+                FactorChange::RequireEnrollment { types, deadline } => {
+                    if types.is_empty() {
+                        return Err(FactorError::permanent(
+                            "an enrollment requirement needs at least one type",
+                        ));
+                    }
+                    fs::upsert_requirement(conn, tenant, user_key, types, deadline)
+                        .await
+                        .map(|()| Ok(json!({})))
+                }
+            };
+            done.map_err(db_err)?
         })
     }
 
@@ -1182,6 +1237,11 @@ mod tests {
             .await
             .unwrap();
             assert_eq!(status(&db, &e.factor.id).await, FactorStatus::Revoked);
+            // Revoking destroyed the old set's hashes, not only its status.
+            assert!(fs::recovery_code_hashes(&db.pool, T, &e.factor.id)
+                .await
+                .unwrap()
+                .is_empty());
             assert!(!store.verify_code(T, "alice", &codes[2]).await.unwrap());
             assert!(store
                 .verify_code(T, "alice", &e2.recovery_codes.unwrap()[0])

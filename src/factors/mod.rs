@@ -188,6 +188,25 @@ impl FactorError {
 
 type FResult<T> = Result<T, FactorError>;
 
+/// A change to one user in a factor store, as [`FactorStore::apply_in_tx`] takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FactorChange {
+    Suspend {
+        factor_id: String,
+    },
+    Resume {
+        factor_id: String,
+    },
+    Revoke {
+        factor_id: String,
+    },
+    RevokeSessions,
+    RequireEnrollment {
+        types: Vec<FactorType>,
+        deadline: String,
+    },
+}
+
 /// The port. `user_key` is the link value chosen by the policy's `[link] by` (see `link_key`).
 /// Every mutation is idempotent: suspending a suspended factor, revoking a revoked one, revoking
 /// sessions of a user who has none all succeed. Suspending a revoked factor succeeds too (it is
@@ -253,6 +272,32 @@ pub trait FactorStore: Send + Sync {
         user_key: &'a str,
         code: &'a str,
     ) -> BoxFuture<'a, FResult<bool>>;
+
+    /// True for a store whose data lives in deprovd's own database (the built-in store): the
+    /// engine then runs its changes with [`FactorStore::apply_in_tx`] inside the transaction
+    /// that records the decision and the outcomes, so one commit carries all of a converge and
+    /// a crash can never separate a change from its audit entry. Remote stores keep the default.
+    fn in_database(&self) -> bool {
+        false
+    }
+
+    /// Applies `change` on `conn`, inside the caller's transaction (only called when
+    /// [`FactorStore::in_database`]). The JSON says what it did (as `sessions_ended`). A
+    /// retryable error means the transaction should be abandoned and the work retried.
+    fn apply_in_tx<'a>(
+        &'a self,
+        _conn: &'a mut sqlx::AnyConnection,
+        _tenant: &'a str,
+        _user_key: &'a str,
+        _change: &'a FactorChange,
+    ) -> BoxFuture<'a, FResult<Value>> {
+        Box::pin(async move {
+            Err(FactorError::permanent(format!(
+                "the {} factor store cannot run inside deprovd's transactions",
+                self.name()
+            )))
+        })
+    }
 }
 
 /// `[link] by`: which attribute of the directory user is the factor store's user key.

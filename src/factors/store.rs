@@ -169,22 +169,30 @@ pub async fn revoke(
     user_key: &str,
     id: &str,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    let changed = sqlx::query(
         "UPDATE factors SET status = 'revoked', status_changed = $1, secret_enc = NULL \
-         WHERE tenant_id = $2 AND user_key = $3 AND id = $4 AND status <> 'revoked'",
+         WHERE tenant_id = $2 AND user_key = $3 AND id = $4 AND status <> 'revoked' \
+         RETURNING type",
     )
     .bind(now_ts())
     .bind(tenant)
     .bind(user_key)
     .bind(id)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    sqlx::query("DELETE FROM recovery_codes WHERE tenant_id = $1 AND factor_id = $2")
-        .bind(tenant)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(done.rows_affected() > 0)
+    let Some(row) = changed else {
+        return Ok(false);
+    };
+    // Only recovery-code factors have hashes to destroy (they go in the same transaction).
+    let factor_type: String = row.try_get(0)?;
+    if factor_type == FactorType::RecoveryCodes.as_str() {
+        sqlx::query("DELETE FROM recovery_codes WHERE tenant_id = $1 AND factor_id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(true)
 }
 
 /// Ids of the user's live (active or suspended) factors of a type.

@@ -145,7 +145,7 @@ pub fn nudge() {
 }
 
 /// Enqueues a job inside the caller's transaction; returns its id. `due` (UTC text, see
-/// `store::now_ts`) defaults to now. Workers are nudged; they see the job once the caller commits.
+/// `store::now_ts`) defaults to now. Local workers are woken once the caller commits.
 pub async fn enqueue_in_tx(
     conn: &mut AnyConnection,
     tenant_id: &str,
@@ -155,7 +155,7 @@ pub async fn enqueue_in_tx(
     due: Option<&str>,
 ) -> Result<String, sqlx::Error> {
     let id = store::insert(conn, tenant_id, kind, user_id, &payload, due).await?;
-    nudge();
+    crate::store::after_commit(nudge);
     Ok(id)
 }
 
@@ -174,7 +174,7 @@ pub async fn enqueue_converge(
 ) -> Result<(), sqlx::Error> {
     let enqueued = store::enqueue_converge(conn, tenant_id, user_id, reason, due).await?;
     if enqueued {
-        nudge();
+        crate::store::after_commit(nudge);
     }
     Ok(())
 }

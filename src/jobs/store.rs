@@ -89,11 +89,17 @@ pub(crate) async fn enqueue_converge(
 ) -> Result<bool, sqlx::Error> {
     let now = now_ts();
     let due = due.unwrap_or(&now).to_string();
-    let lock = if is_postgres(conn) { " FOR UPDATE" } else { "" };
+    // SQLite's planner would otherwise take jobs_due (state, due) and walk every pending job
+    // that is due: a cost that grows with the backlog, on every SCIM write.
+    let (lock, index) = if is_postgres(conn) {
+        (" FOR UPDATE", "")
+    } else {
+        ("", " INDEXED BY jobs_user")
+    };
     let r = sqlx::query(&format!(
         "INSERT INTO jobs (id, tenant_id, kind, user_id, payload, state, attempts, due, created, \
          updated) SELECT $1, $2, 'converge', $3, $4, 'pending', 0, $5, $6, $6 \
-         WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE tenant_id = $2 AND user_id = $3 \
+         WHERE NOT EXISTS (SELECT 1 FROM jobs{index} WHERE tenant_id = $2 AND user_id = $3 \
          AND kind = 'converge' AND state = 'pending' AND due <= $5{lock})"
     ))
     .bind(uuid::Uuid::new_v4().to_string())

@@ -75,9 +75,6 @@ async fn worker_loop(ctx: EngineCtx, id: String, index: usize, mut stop: watch::
     // slowest job of a batch).
     let cap = cfg.batch.max(1);
     let mut running: JoinSet<()> = JoinSet::new();
-    // After a nudge that found nothing, look again a few times soon: on PostgreSQL the nudge
-    // comes before the enqueuing transaction commits.
-    let mut quick: u32 = 0;
     let mut last_housekeeping = Instant::now();
     let mut detached = false;
     let mut stopping = false;
@@ -101,7 +98,6 @@ async fn worker_loop(ctx: EngineCtx, id: String, index: usize, mut stop: watch::
                         let (ctx, worker) = (ctx.clone(), id.clone());
                         running.spawn(async move { run_one(&ctx, &worker, job).await });
                     }
-                    quick = 0;
                     continue;
                 }
                 Ok(_) => {}
@@ -117,11 +113,9 @@ async fn worker_loop(ctx: EngineCtx, id: String, index: usize, mut stop: watch::
                 tracing::warn!(error = %e, "cannot purge done jobs");
             }
         }
-        let wait = if quick > 0 {
-            Duration::from_millis(5u64 << (3 - quick.min(3)))
-        } else {
-            cfg.poll
-        };
+        // Nudges come after the enqueuing transaction committed (`store::after_commit`); the
+        // poll finds due follow-ups, other replicas' jobs and expired leases.
+        let wait = cfg.poll;
         let full = running.len() >= cap;
         tokio::select! {
             biased;
@@ -130,10 +124,8 @@ async fn worker_loop(ctx: EngineCtx, id: String, index: usize, mut stop: watch::
                 detached = r.is_err();
             }
             Some(_) = running.join_next(), if !running.is_empty() => {}
-            _ = nudge_handle().notified(), if !full && !stopping => { quick = 3; }
-            _ = tokio::time::sleep(wait), if !full || stopping => {
-                quick = quick.saturating_sub(1);
-            }
+            _ = nudge_handle().notified(), if !full && !stopping => {}
+            _ = tokio::time::sleep(wait), if !full || stopping => {}
         }
     }
     tracing::debug!(worker = %id, "job worker stopped");

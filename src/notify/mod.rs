@@ -86,9 +86,8 @@ pub enum NotifyError {
     Database(#[from] sqlx::Error),
 }
 
-/// Wakes delivery workers in this process. [`enqueue_event`] nudges on its own, but its
-/// transaction has not committed yet at that point (the worker rechecks shortly after); callers
-/// that want the lowest latency call [`nudge`] again once their transaction committed.
+/// Wakes delivery workers in this process. [`enqueue_event`] wakes them once its transaction
+/// commits (inside `Db::write`).
 static NUDGE: Notify = Notify::const_new();
 
 /// Tell this process's delivery workers that new events may be committed.
@@ -141,28 +140,44 @@ pub async fn enqueue_event(
     user_id: Option<&str>,
     payload: Value,
 ) -> Result<(), sqlx::Error> {
-    let subs = store::enabled_subscriptions(conn, tenant_id).await?;
-    let wanted: Vec<String> = subs
-        .into_iter()
-        .filter(|(_, types)| type_matches(types, event_type))
-        .map(|(id, _)| id)
-        .collect();
-    if wanted.is_empty() {
+    enqueue_events(conn, tenant_id, user_id, vec![(event_type, payload)]).await
+}
+
+/// [`enqueue_event`] for several events of one user, in order, reading the tenant's
+/// subscriptions once.
+pub async fn enqueue_events(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    user_id: Option<&str>,
+    events: Vec<(&str, Value)>,
+) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
         return Ok(());
     }
-    let event_id = uuid::Uuid::new_v4().to_string();
-    let created = now_ts();
-    let body = envelope(&event_id, event_type, tenant_id, user_id, &created, payload);
-    let ev = store::NewEvent {
-        tenant: tenant_id,
-        event_id: &event_id,
-        event_type,
-        user_id,
-        body: &body,
-        created: &created,
-    };
-    store::insert_event(conn, &ev, &wanted).await?;
-    nudge();
+    let subs = store::enabled_subscriptions(conn, tenant_id).await?;
+    for (event_type, payload) in events {
+        let wanted: Vec<String> = subs
+            .iter()
+            .filter(|(_, types)| type_matches(types, event_type))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let event_id = uuid::Uuid::new_v4().to_string();
+        let created = now_ts();
+        let body = envelope(&event_id, event_type, tenant_id, user_id, &created, payload);
+        let ev = store::NewEvent {
+            tenant: tenant_id,
+            event_id: &event_id,
+            event_type,
+            user_id,
+            body: &body,
+            created: &created,
+        };
+        store::insert_event(conn, &ev, &wanted).await?;
+        crate::store::after_commit(nudge);
+    }
     Ok(())
 }
 
@@ -192,7 +207,7 @@ pub async fn enqueue_ping(
         created: &created,
     };
     store::insert_event(conn, &ev, &wanted).await?;
-    nudge();
+    crate::store::after_commit(nudge);
     Ok(Some(event_id))
 }
 

@@ -70,6 +70,12 @@ pub const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0010_webhooks.sql"),
         include_str!("../../migrations/postgres/0010_webhooks.sql"),
     ),
+    (
+        11,
+        "member_index",
+        include_str!("../../migrations/sqlite/0011_member_index.sql"),
+        include_str!("../../migrations/postgres/0011_member_index.sql"),
+    ),
 ];
 
 /// Key of the PostgreSQL advisory lock held while migrating ("deprovd" in ASCII).
