@@ -526,11 +526,13 @@ fn bookkeeping(
 
 /// Converges one user: plan → guard → execute → record. See the module doc.
 ///
-/// Writes: one decision transaction before acting (the decision's audit entry, the guard's count
-/// or quarantine, the follow-up job), then the actions (concurrently, through the factor store),
-/// then one outcome transaction (an audit entry per action, webhook events, the enforcement
-/// bookkeeping). With `opts.job` set, the job is marked done in the last of these, so the worker
-/// has nothing left to write.
+/// Writes, for a store outside our database: one decision transaction before acting (the
+/// decision's audit entry, the guard's count or quarantine, the follow-up job), then the actions
+/// (concurrently, through the factor store), then one outcome transaction (an audit entry per
+/// action, webhook events, the enforcement bookkeeping). For a store in our database (the
+/// built-in one, [`FactorStore::in_database`]) all of it is the one decision transaction. With
+/// `opts.job` set, the job is marked done in the last of these, so the worker has nothing left
+/// to write.
 pub async fn converge_with(
     ctx: &EngineCtx,
     tenant: &str,

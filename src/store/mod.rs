@@ -336,7 +336,7 @@ impl Db {
                     .connect_with(connect_opts)
                     .await?;
                 let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-                spawn_writer(wconn, rx, stats.clone())?;
+                tokio::spawn(writer_loop(wconn, rx, stats.clone()));
                 Ok(Db {
                     pool,
                     engine: Engine::Sqlite,
@@ -495,27 +495,6 @@ pub(crate) fn exec<'c>(
     sql: &'c str,
 ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
     Box::pin(async move { sqlx::Executor::execute(conn, sql).await.map(|_| ()) })
-}
-
-/// Starts the SQLite writer on a thread of its own with its own single-threaded runtime. On the
-/// shared runtime every statement's answer from SQLite's thread queued the writer behind all
-/// the request and converge tasks ready at that moment; a write runs ~20 statements, and the
-/// one writer is what every write in the process waits for. The thread ends when the last `Db`
-/// handle is dropped (the queue closes).
-fn spawn_writer(
-    conn: AnyConnection,
-    rx: mpsc::Receiver<Box<dyn WriteJob>>,
-    stats: Arc<WriteStats>,
-) -> Result<(), StoreError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StoreError::Config(format!("cannot start the SQLite writer: {e}")))?;
-    std::thread::Builder::new()
-        .name("deprovd-sqlite-writer".into())
-        .spawn(move || rt.block_on(writer_loop(conn, rx, stats)))
-        .map_err(|e| StoreError::Config(format!("cannot start the SQLite writer: {e}")))?;
-    Ok(())
 }
 
 /// The SQLite writer: takes the first queued operation plus whatever else is already waiting,
