@@ -516,17 +516,18 @@ impl BuiltinStore {
         BuiltinStore { db, key }
     }
 
-    /// Runs one status change in its own transaction.
-    async fn change(&self, tenant: &str, user_key: &str, factor_id: &str, op: Op) -> FResult<()> {
-        let (t, u, id) = (
-            tenant.to_string(),
-            user_key.to_string(),
-            factor_id.to_string(),
-        );
+    /// Applies one change in a transaction of its own (the port's single-change calls).
+    async fn apply_own_tx(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        change: FactorChange,
+    ) -> FResult<Value> {
+        let (t, u) = (tenant.to_string(), user_key.to_string());
         self.db
             .write(move |conn: &mut AnyConnection| {
                 Box::pin(
-                    async move { Ok::<_, StoreError>(change_in_tx(conn, &t, &u, &id, op).await?) },
+                    async move { Ok::<_, StoreError>(apply_change(conn, &t, &u, &change).await?) },
                 )
             })
             .await
@@ -682,6 +683,37 @@ async fn change_in_tx(
     })
 }
 
+/// One change on `conn`, in the caller's transaction. The outer error is the database's; the
+/// inner one the store's answer (the JSON says what it did, as `sessions_ended`).
+async fn apply_change(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    user_key: &str,
+    change: &FactorChange,
+) -> Result<FResult<Value>, sqlx::Error> {
+    let (factor_id, op) = match change {
+        FactorChange::Suspend { factor_id } => (factor_id, Op::Suspend),
+        FactorChange::Resume { factor_id } => (factor_id, Op::Resume),
+        FactorChange::Revoke { factor_id } => (factor_id, Op::Revoke),
+        FactorChange::RevokeSessions => {
+            let n = fs::revoke_sessions(conn, tenant, user_key).await?;
+            return Ok(Ok(json!({ "sessions_ended": n })));
+        }
+        FactorChange::RequireEnrollment { types, deadline } => {
+            if types.is_empty() {
+                return Ok(Err(FactorError::permanent(
+                    "an enrollment requirement needs at least one type",
+                )));
+            }
+            fs::upsert_requirement(conn, tenant, user_key, types, deadline).await?;
+            return Ok(Ok(json!({})));
+        }
+    };
+    Ok(change_in_tx(conn, tenant, user_key, factor_id, op)
+        .await?
+        .map(|()| json!({})))
+}
+
 impl FactorStore for BuiltinStore {
     fn name(&self) -> &str {
         "builtin"
@@ -727,7 +759,10 @@ impl FactorStore for BuiltinStore {
         user_key: &'a str,
         factor_id: &'a str,
     ) -> BoxFuture<'a, FResult<()>> {
-        Box::pin(self.change(tenant, user_key, factor_id, Op::Suspend))
+        let change = FactorChange::Suspend {
+            factor_id: factor_id.to_string(),
+        };
+        Box::pin(async move { self.apply_own_tx(tenant, user_key, change).await.map(drop) })
     }
 
     fn resume<'a>(
@@ -736,7 +771,10 @@ impl FactorStore for BuiltinStore {
         user_key: &'a str,
         factor_id: &'a str,
     ) -> BoxFuture<'a, FResult<()>> {
-        Box::pin(self.change(tenant, user_key, factor_id, Op::Resume))
+        let change = FactorChange::Resume {
+            factor_id: factor_id.to_string(),
+        };
+        Box::pin(async move { self.apply_own_tx(tenant, user_key, change).await.map(drop) })
     }
 
     fn revoke<'a>(
@@ -745,7 +783,10 @@ impl FactorStore for BuiltinStore {
         user_key: &'a str,
         factor_id: &'a str,
     ) -> BoxFuture<'a, FResult<()>> {
-        Box::pin(self.change(tenant, user_key, factor_id, Op::Revoke))
+        let change = FactorChange::Revoke {
+            factor_id: factor_id.to_string(),
+        };
+        Box::pin(async move { self.apply_own_tx(tenant, user_key, change).await.map(drop) })
     }
 
     fn revoke_sessions<'a>(
@@ -754,15 +795,10 @@ impl FactorStore for BuiltinStore {
         user_key: &'a str,
     ) -> BoxFuture<'a, FResult<u64>> {
         Box::pin(async move {
-            let (t, u) = (tenant.to_string(), user_key.to_string());
-            self.db
-                .write(move |conn: &mut AnyConnection| {
-                    Box::pin(async move {
-                        Ok::<u64, StoreError>(fs::revoke_sessions(conn, &t, &u).await?)
-                    })
-                })
-                .await
-                .map_err(db_err)
+            let done = self
+                .apply_own_tx(tenant, user_key, FactorChange::RevokeSessions)
+                .await?;
+            Ok(done["sessions_ended"].as_u64().unwrap_or(0))
         })
     }
 
@@ -773,28 +809,11 @@ impl FactorStore for BuiltinStore {
         types: &'a [FactorType],
         deadline: &'a str,
     ) -> BoxFuture<'a, FResult<()>> {
-        Box::pin(async move {
-            if types.is_empty() {
-                return Err(FactorError::permanent(
-                    "an enrollment requirement needs at least one type",
-                ));
-            }
-            let (t, u, ty, d) = (
-                tenant.to_string(),
-                user_key.to_string(),
-                types.to_vec(),
-                deadline.to_string(),
-            );
-            self.db
-                .write(move |conn: &mut AnyConnection| {
-                    Box::pin(async move {
-                        fs::upsert_requirement(conn, &t, &u, &ty, &d).await?;
-                        Ok::<(), StoreError>(())
-                    })
-                })
-                .await
-                .map_err(db_err)
-        })
+        let change = FactorChange::RequireEnrollment {
+            types: types.to_vec(),
+            deadline: deadline.to_string(),
+        };
+        Box::pin(async move { self.apply_own_tx(tenant, user_key, change).await.map(drop) })
     }
 
     fn in_database(&self) -> bool {
@@ -809,37 +828,9 @@ impl FactorStore for BuiltinStore {
         change: &'a FactorChange,
     ) -> BoxFuture<'a, FResult<Value>> {
         Box::pin(async move {
-            let done = match change {
-                FactorChange::Suspend { factor_id } => {
-                    change_in_tx(conn, tenant, user_key, factor_id, Op::Suspend)
-                        .await
-                        .map(|r| r.map(|()| json!({})))
-                }
-                FactorChange::Resume { factor_id } => {
-                    change_in_tx(conn, tenant, user_key, factor_id, Op::Resume)
-                        .await
-                        .map(|r| r.map(|()| json!({})))
-                }
-                FactorChange::Revoke { factor_id } => {
-                    change_in_tx(conn, tenant, user_key, factor_id, Op::Revoke)
-                        .await
-                        .map(|r| r.map(|()| json!({})))
-                }
-                FactorChange::RevokeSessions => fs::revoke_sessions(conn, tenant, user_key)
-                    .await
-                    .map(|n| Ok(json!({ "sessions_ended": n }))),
-                FactorChange::RequireEnrollment { types, deadline } => {
-                    if types.is_empty() {
-                        return Err(FactorError::permanent(
-                            "an enrollment requirement needs at least one type",
-                        ));
-                    }
-                    fs::upsert_requirement(conn, tenant, user_key, types, deadline)
-                        .await
-                        .map(|()| Ok(json!({})))
-                }
-            };
-            done.map_err(db_err)?
+            apply_change(conn, tenant, user_key, change)
+                .await
+                .map_err(db_err)?
         })
     }
 
