@@ -122,6 +122,19 @@ pub async fn lease(
     n: usize,
     lease: Duration,
 ) -> Result<Vec<Job>, StoreError> {
+    lease_with(db, worker_id, n, lease, true).await
+}
+
+/// [`lease`], looking for jobs whose lease ran out only when `expired` is true. Workers look
+/// at every poll rather than on every lease: leases run out when a worker dies, which is rare,
+/// and the look is a statement on the single SQLite writer.
+pub async fn lease_with(
+    db: &Db,
+    worker_id: &str,
+    n: usize,
+    lease: Duration,
+    expired: bool,
+) -> Result<Vec<Job>, StoreError> {
     let lock = match db.engine {
         Engine::Postgres => " FOR UPDATE SKIP LOCKED",
         Engine::Sqlite => "",
@@ -163,13 +176,17 @@ pub async fn lease(
     db.write(move |conn: &mut AnyConnection| {
         Box::pin(async move {
             let now = now_ts();
-            let mut rows = sqlx::query(&expired_sql)
-                .bind(&until)
-                .bind(&worker)
-                .bind(&now)
-                .bind(limit)
-                .fetch_all(&mut *conn)
-                .await?;
+            let mut rows = if expired {
+                sqlx::query(&expired_sql)
+                    .bind(&until)
+                    .bind(&worker)
+                    .bind(&now)
+                    .bind(limit)
+                    .fetch_all(&mut *conn)
+                    .await?
+            } else {
+                Vec::new()
+            };
             let left = limit - rows.len() as i64;
             if left > 0 {
                 rows.extend(

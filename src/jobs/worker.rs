@@ -76,6 +76,8 @@ async fn worker_loop(ctx: EngineCtx, id: String, index: usize, mut stop: watch::
     let cap = cfg.batch.max(1);
     let mut running: JoinSet<()> = JoinSet::new();
     let mut last_housekeeping = Instant::now();
+    // When this worker last looked for jobs whose lease ran out (None: never).
+    let mut last_expired_look: Option<Instant> = None;
     let mut detached = false;
     let mut stopping = false;
     tracing::debug!(worker = %id, "job worker started");
@@ -88,7 +90,11 @@ async fn worker_loop(ctx: EngineCtx, id: String, index: usize, mut stop: watch::
         while running.try_join_next().is_some() {}
         let free = cap - running.len().min(cap);
         if !stopping && free > 0 {
-            match store::lease(&ctx.db, &id, free, cfg.lease).await {
+            let look_expired = last_expired_look.is_none_or(|t| t.elapsed() >= cfg.poll);
+            if look_expired {
+                last_expired_look = Some(Instant::now());
+            }
+            match store::lease_with(&ctx.db, &id, free, cfg.lease, look_expired).await {
                 Ok(jobs) if !jobs.is_empty() => {
                     if jobs.len() >= free {
                         // Probably more waiting: wake a sibling rather than leave it for the poll.

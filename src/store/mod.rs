@@ -12,6 +12,7 @@
 //! Not here: any table's SQL other than `schema_migrations` (see `directory/` and each module's
 //! own `store.rs`), and tenants/tokens (`store/tenants.rs`, owned by auth).
 
+mod affinity;
 pub mod locks;
 pub mod migrations;
 pub mod tenants;
@@ -244,6 +245,9 @@ const SQLITE_BUSY_TIMEOUT_MS: u32 = 30_000;
 /// rarely all in each connection's own page cache, and the syscalls were the cost.
 const SQLITE_MMAP_BYTES: u64 = 256 * 1024 * 1024;
 
+/// A pooled PostgreSQL connection idle longer than this is pinged before use.
+const PG_PING_AFTER_IDLE: Duration = Duration::from_secs(5);
+
 fn sqlite_pragmas(conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
     let sql = format!(
         "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; \
@@ -302,6 +306,18 @@ impl Db {
                 let pool = AnyPoolOptions::new()
                     .max_connections(size.max(1))
                     .acquire_timeout(Duration::from_secs(30))
+                    // sqlx pings every connection it hands out: a network round trip per
+                    // query. A connection in steady use has just proved itself; one that sat
+                    // idle (a server restart or failover may have cut it) is still checked.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for > PG_PING_AFTER_IDLE {
+                                conn.ping().await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect(&url)
                     .await?;
                 let db = Db {
@@ -320,23 +336,25 @@ impl Db {
             Target::Sqlite { url } => {
                 create_private_file(&url)?;
                 let connect_opts = AnyConnectOptions::from_str(&url)?;
-                // The writer's own connection: set WAL before any reader opens the file.
-                let mut wconn = connect_opts.connect().await?;
-                sqlite_pragmas(&mut wconn).await?;
-                migrations::run(&mut wconn, Engine::Sqlite).await?;
+                // The writer's own connection, on its own thread: set WAL and migrate before
+                // any reader opens the file.
+                let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+                start_writer(connect_opts.clone(), rx, stats.clone()).await?;
                 let size = opts
                     .max_connections
                     .unwrap_or_else(|| default_pool_size(Engine::Sqlite));
                 let pool = AnyPoolOptions::new()
                     .max_connections(size.max(1))
                     .acquire_timeout(Duration::from_secs(30))
+                    // No ping per acquire: a local file connection cannot hang up, and the
+                    // ping was a thread hand-off to the connection's worker on every query.
+                    .test_before_acquire(false)
                     .after_connect(|conn, _meta| {
                         Box::pin(async move { sqlite_pragmas(conn).await })
                     })
                     .connect_with(connect_opts)
                     .await?;
-                let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-                tokio::spawn(writer_loop(wconn, rx, stats.clone()));
+                tokio::spawn(checkpointer(pool.clone(), tx.downgrade()));
                 Ok(Db {
                     pool,
                     engine: Engine::Sqlite,
@@ -497,6 +515,94 @@ pub(crate) fn exec<'c>(
     Box::pin(async move { sqlx::Executor::execute(conn, sql).await.map(|_| ()) })
 }
 
+/// Starts the SQLite writer on a thread of its own, pinned to one CPU, and waits until its
+/// connection is open and migrated.
+///
+/// Why a pinned thread: sqlx runs each SQLite connection on a worker thread it spawns, and
+/// every statement is a hand-off to that thread and back. On small VMs a hand-off to another
+/// CPU (waking it from idle) costs more than the statement, and a write makes several.
+/// The worker thread is spawned from the pinned thread, so it inherits the pin: writer and
+/// worker hand off on one CPU, a plain context switch. Measured with deprovd-bench (PATCH,
+/// 10k users, 2 cores): see README "Benchmarks".
+async fn start_writer(
+    connect_opts: AnyConnectOptions,
+    rx: mpsc::Receiver<Box<dyn WriteJob>>,
+    stats: Arc<WriteStats>,
+) -> Result<(), StoreError> {
+    let (ready_tx, ready_rx) = oneshot::channel::<Result<(), StoreError>>();
+    std::thread::Builder::new()
+        .name("deprovd-sqlite-writer".into())
+        .spawn(move || {
+            affinity::pin_current_thread_to_last_cpu();
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(StoreError::Aborted(format!(
+                        "cannot start the SQLite writer: {e}"
+                    ))));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let setup = async {
+                    let mut wconn = connect_opts.connect().await?;
+                    sqlite_pragmas(&mut wconn).await?;
+                    // Checkpoints run beside the writer (`checkpointer`); this only bounds the
+                    // WAL should that fall behind.
+                    exec(
+                        &mut wconn,
+                        &format!("PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}"),
+                    )
+                    .await?;
+                    migrations::run(&mut wconn, Engine::Sqlite).await?;
+                    Ok::<_, StoreError>(wconn)
+                };
+                match setup.await {
+                    Ok(wconn) => {
+                        let _ = ready_tx.send(Ok(()));
+                        writer_loop(wconn, rx, stats).await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            });
+        })
+        .map_err(|e| StoreError::Aborted(format!("cannot start the SQLite writer: {e}")))?;
+    ready_rx
+        .await
+        .map_err(|_| StoreError::Aborted("the SQLite writer stopped while starting".into()))?
+}
+
+/// The writer's own automatic checkpoint, in pages: a backstop far above what `checkpointer`
+/// lets the WAL reach.
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
+
+/// How often `checkpointer` copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Copies committed WAL pages into the database file from a pool connection, so that the
+/// copy and its fsync are not inside one of the writer's commits (SQLite's automatic
+/// checkpoint runs in the commit that crosses the threshold, and every write queued behind it
+/// waits). A PASSIVE checkpoint never blocks the writer or readers. Stops with the writer.
+async fn checkpointer(pool: AnyPool, writer: mpsc::WeakSender<Box<dyn WriteJob>>) {
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        if writer.upgrade().is_none() {
+            break;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(error = %e, "WAL checkpoint failed; the next one retries");
+        }
+    }
+}
+
 /// The SQLite writer: takes the first queued operation plus whatever else is already waiting,
 /// runs them in one transaction with a savepoint each, commits once, then answers everyone.
 async fn writer_loop(
@@ -528,7 +634,8 @@ async fn run_batch(
     pending: &mut VecDeque<Box<dyn WriteJob>>,
     stats: &WriteStats,
 ) {
-    if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
+    // The first operation's savepoint opens with the transaction: one round trip fewer.
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE; SAVEPOINT s").await {
         tracing::error!(error = %e, "cannot begin a write transaction");
         // Maybe a transaction was left open by a failure we could not roll back.
         let _ = exec(conn, "ROLLBACK").await;
@@ -546,23 +653,22 @@ async fn run_batch(
     // Each operation runs in a savepoint, so a failing one is undone alone. The savepoint of
     // the previous operation is released in the same round trip that opens the next one
     // (statements cross to SQLite's thread one call at a time: fewer calls, more writes/s).
-    let mut open = false;
+    let mut first = true;
     while done.len() < MAX_BATCH {
         let Some(job) = pending.pop_front() else {
             break;
         };
-        let start = if open {
-            "RELEASE s; SAVEPOINT s"
+        let start = if std::mem::take(&mut first) {
+            Ok(())
         } else {
-            "SAVEPOINT s"
+            exec(conn, "RELEASE s; SAVEPOINT s").await
         };
-        if let Err(e) = exec(conn, start).await {
+        if let Err(e) = start {
             // Nothing of this job ran; fail it so a broken connection cannot loop forever.
             job.fail(StoreError::Aborted(format!("savepoint failed: {e}")));
             broken = Some(e.to_string());
             break;
         }
-        open = true;
         let ran = IN_WRITE.scope(wakes.clone(), job.run(conn)).await;
         let undo = if ran.ok {
             Ok(())
@@ -578,10 +684,9 @@ async fn run_batch(
     }
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats.ops.fetch_add(done.len() as u64, Ordering::Relaxed);
-    let commit = if open { "RELEASE s; COMMIT" } else { "COMMIT" };
     let failure = match broken {
         Some(msg) => Some(msg),
-        None => match exec(conn, commit).await {
+        None => match exec(conn, "RELEASE s; COMMIT").await {
             Ok(()) => None,
             Err(e) => Some(format!("commit failed: {e}")),
         },
