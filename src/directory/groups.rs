@@ -20,11 +20,13 @@ use super::lifecycle::{record_lifecycle, LifecycleKind};
 use super::sql_filter::{bind_args, filter_sql, SqlBuilder, Target};
 use super::users::Mutate;
 use super::{
-    for_update, if_match_ok, invalid, stored_from_row, str_attr, strip_keys, Actor, DirError,
-    Directory, MemberChange, MemberRef, StoredResource, MAX_NESTING, STORED_COLS,
+    for_update, if_match_ok, invalid, stored_from_cells, stored_from_row, str_attr, strip_keys,
+    text, Actor, DirError, Directory, MemberChange, MemberRef, StoredResource, MAX_NESTING,
+    STORED_COLS,
 };
 use crate::scim::ScimError;
 use crate::store::{is_unique_violation, now_ts, Engine};
+use crate::store::{Cell, StoreError};
 
 /// Keys never stored on a group row (`members` live in `group_members`).
 const GROUP_UNSTORED: &[&str] = &["id", "meta", "members"];
@@ -490,12 +492,8 @@ impl Directory {
     ) -> Result<Option<StoredResource>, DirError> {
         let sql =
             format!("SELECT {STORED_COLS} FROM groups r WHERE r.tenant_id = $1 AND r.id = $2");
-        let row = sqlx::query(&sql)
-            .bind(tenant)
-            .bind(id)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        row.as_ref().map(stored_from_row).transpose()
+        let rows = self.db.read_rows(&sql, &[text(tenant), text(id)]).await?;
+        rows.first().map(|r| stored_from_cells(r)).transpose()
     }
 
     /// Direct members of a group as (id, "User" | "Group", display): a user's userName, a
@@ -505,19 +503,25 @@ impl Directory {
         tenant: &str,
         group_id: &str,
     ) -> Result<Vec<(String, String, String)>, DirError> {
-        let rows = sqlx::query(
-            "SELECT gm.member_id, gm.member_type, COALESCE(mu.user_name, mg.display_name, '') \
-             FROM group_members gm \
-             LEFT JOIN users mu ON gm.member_type = 'User' AND mu.tenant_id = gm.tenant_id AND mu.id = gm.member_id \
-             LEFT JOIN groups mg ON gm.member_type = 'Group' AND mg.tenant_id = gm.tenant_id AND mg.id = gm.member_id \
-             WHERE gm.tenant_id = $1 AND gm.group_id = $2 ORDER BY gm.member_type DESC, gm.member_id",
-        )
-        .bind(tenant)
-        .bind(group_id)
-        .fetch_all(&self.db.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        let rows = self
+            .db
+            .read_rows(
+                "SELECT gm.member_id, gm.member_type, COALESCE(mu.user_name, mg.display_name, '') \
+                 FROM group_members gm \
+                 LEFT JOIN users mu ON gm.member_type = 'User' AND mu.tenant_id = gm.tenant_id AND mu.id = gm.member_id \
+                 LEFT JOIN groups mg ON gm.member_type = 'Group' AND mg.tenant_id = gm.tenant_id AND mg.id = gm.member_id \
+                 WHERE gm.tenant_id = $1 AND gm.group_id = $2 ORDER BY gm.member_type DESC, gm.member_id",
+                &[text(tenant), text(group_id)],
+            )
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let mut r = r.into_iter().map(Cell::into_text);
+                match (r.next(), r.next(), r.next()) {
+                    (Some(Some(id)), Some(Some(ty)), Some(Some(display))) => Ok((id, ty, display)),
+                    _ => Err(DirError::Store(StoreError::Read("group member row".into()))),
+                }
+            })
             .collect()
     }
 

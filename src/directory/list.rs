@@ -11,13 +11,17 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{json, Value};
-use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::sql_filter::{
     bind_args, filter_sql, sort_sql, SortKey, SortTy, SqlBuilder, SqlValue, Target,
 };
-use super::{stored_from_row, DirError, Directory, ListQuery, Page, STORED_COLS};
+use super::{stored_from_cells, DirError, Directory, ListQuery, Page, STORED_COLS};
+use crate::store::{cell, Cell, StoreError};
+
+/// Deepest `startIndex` offset read on the caller's thread (`Db::read_rows`); deeper pages
+/// read through the pool.
+const INLINE_OFFSET_MAX: i64 = 1000;
 use crate::scim::filter::AttrPath;
 use crate::scim::schema::ResourceKind;
 use crate::scim::ScimError;
@@ -94,11 +98,16 @@ impl Directory {
                     "SELECT {STORED_COLS} FROM {table} r WHERE {cond} ORDER BY {order} \
                      LIMIT {lim} OFFSET {off}"
                 );
-                let rows = bind_args(sqlx::query(&sql), &b.args)
-                    .fetch_all(&self.db.pool)
-                    .await?;
-                let items: Vec<super::StoredResource> =
-                    rows.iter().map(stored_from_row).collect::<Result<_, _>>()?;
+                // A deep OFFSET walks every row before it: keep that off the caller's thread.
+                let rows = if offset <= INLINE_OFFSET_MAX {
+                    self.db.read_rows(&sql, &b.args).await?
+                } else {
+                    self.db.read_rows_pooled(&sql, &b.args).await?
+                };
+                let items: Vec<super::StoredResource> = rows
+                    .iter()
+                    .map(|r| stored_from_cells(r))
+                    .collect::<Result<_, _>>()?;
                 // A first page that is not full holds every match: that is the total, and the
                 // lookups IdPs send before every write (`userName eq "…"`) need no COUNT.
                 let total_results = if offset == 0 && (items.len() as u64) < q.count {
@@ -126,14 +135,13 @@ impl Directory {
                     "SELECT {STORED_COLS}, r.seq, {key_col} FROM {table} r WHERE {page_cond} \
                      ORDER BY {order} LIMIT {lim}"
                 );
-                let rows = bind_args(sqlx::query(&sql), &b.args)
-                    .fetch_all(&self.db.pool)
-                    .await?;
+                // Keyset pages seek straight to their first row.
+                let rows = self.db.read_rows(&sql, &b.args).await?;
                 let more = rows.len() as u64 > q.count;
                 let rows = &rows[..rows.len().min(q.count as usize)];
                 let items = rows
                     .iter()
-                    .map(stored_from_row)
+                    .map(|r| stored_from_cells(r))
                     .collect::<Result<Vec<_>, _>>()?;
                 let next_cursor = match (more, rows.last()) {
                     (true, Some(last)) => Some(encode_cursor(last, sort.as_ref(), &fingerprint)?),
@@ -209,29 +217,28 @@ fn decode_cursor(text: &str, fingerprint: &str) -> Result<Cursor, DirError> {
 }
 
 fn encode_cursor(
-    last: &AnyRow,
+    last: &[Cell],
     sort: Option<&SortKey>,
     fingerprint: &str,
 ) -> Result<String, DirError> {
     // Columns: 5 stored columns, then seq, then the sort key.
-    let seq: i64 = last.try_get(5)?;
+    let seq = cell(last, 5)?
+        .int()
+        .ok_or_else(|| DirError::Store(StoreError::Read("cursor row: seq".into())))?;
     let key = match sort {
         None => Value::Null,
-        Some(k) => match k.ty {
-            SortTy::Text => last
-                .try_get::<Option<String>, _>(6)?
-                .map(Value::from)
-                .unwrap_or(Value::Null),
-            SortTy::Int => last
-                .try_get::<Option<i64>, _>(6)?
-                .map(Value::from)
-                .unwrap_or(Value::Null),
-            SortTy::Real => last
-                .try_get::<Option<f64>, _>(6)?
-                .and_then(serde_json::Number::from_f64)
-                .map(Value::Number)
-                .unwrap_or(Value::Null),
-        },
+        Some(k) => {
+            let c = cell(last, 6)?;
+            match k.ty {
+                SortTy::Text => c.text().map(Value::from),
+                SortTy::Int => c.int().map(Value::from),
+                SortTy::Real => c
+                    .real()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(Value::Number),
+            }
+            .unwrap_or(Value::Null)
+        }
     };
     let v = json!({"s": seq, "k": key, "o": fingerprint});
     Ok(URL_SAFE_NO_PAD.encode(v.to_string()))

@@ -24,7 +24,7 @@ use sqlx::Row;
 
 use crate::scim::filter::{AttrPath, Filter};
 use crate::scim::ScimError;
-use crate::store::{Db, Engine, StoreError};
+use crate::store::{cell, Cell, Db, Engine, SqlValue, StoreError};
 
 pub use crate::scim::patch::MemberChange;
 pub use crate::scim::resource::MemberRef;
@@ -219,6 +219,31 @@ pub(crate) fn stored_from_row(row: &AnyRow) -> Result<StoredResource, DirError> 
         version: row.try_get(1)?,
         created: row.try_get(2)?,
         last_modified: row.try_get(3)?,
+        resource,
+    })
+}
+
+/// A text parameter for `Db::read_rows`.
+pub(crate) fn text(s: &str) -> SqlValue {
+    SqlValue::Text(s.to_string())
+}
+
+/// [`stored_from_row`] for a row read with `Db::read_rows` ([`STORED_COLS`] first).
+pub(crate) fn stored_from_cells(row: &[Cell]) -> Result<StoredResource, DirError> {
+    let bad = |what: &str| DirError::Store(StoreError::Read(format!("stored row: {what}")));
+    let text = |i: usize| -> Result<String, DirError> {
+        cell(row, i)?
+            .text()
+            .map(str::to_string)
+            .ok_or_else(|| bad("text expected"))
+    };
+    let resource: Value =
+        serde_json::from_str(&text(4)?).map_err(|e| bad(&format!("resource: {e}")))?;
+    Ok(StoredResource {
+        id: text(0)?,
+        version: cell(row, 1)?.int().ok_or_else(|| bad("version"))?,
+        created: text(2)?,
+        last_modified: text(3)?,
         resource,
     })
 }

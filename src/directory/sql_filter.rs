@@ -32,13 +32,7 @@ use crate::scim::schema::{AttrType, AttributeDef, ResourceKind, SchemaRegistry};
 use crate::scim::ScimError;
 use crate::store::{ts_from, Engine};
 
-/// A bound parameter value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SqlValue {
-    Text(String),
-    Int(i64),
-    Real(f64),
-}
+pub use crate::store::SqlValue;
 
 /// Collects the parameters of one statement; `$1` is conventionally the tenant id.
 #[derive(Debug)]

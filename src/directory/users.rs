@@ -9,11 +9,11 @@ use sqlx::{AnyConnection, Row};
 
 use super::lifecycle::{record_lifecycle, update_events, LifecycleKind};
 use super::{
-    for_update, if_match_ok, invalid, stored_from_row, str_attr, strip_keys, Actor, DirError,
-    Directory, GroupRef, StoredResource, MAX_NESTING, STORED_COLS,
+    for_update, if_match_ok, invalid, stored_from_cells, stored_from_row, str_attr, strip_keys,
+    text, Actor, DirError, Directory, GroupRef, StoredResource, MAX_NESTING, STORED_COLS,
 };
 use crate::scim::ScimError;
-use crate::store::{is_unique_violation, now_ts, Engine};
+use crate::store::{cell, is_unique_violation, now_ts, Engine, SqlValue, StoreError};
 
 /// Keys never stored on a user row: assigned by the directory (`id`, `meta`), derived from
 /// membership (`groups`), or write-only and never needed (`password`).
@@ -168,12 +168,8 @@ impl Directory {
         id: &str,
     ) -> Result<Option<StoredResource>, DirError> {
         let sql = format!("SELECT {STORED_COLS} FROM users r WHERE r.tenant_id = $1 AND r.id = $2");
-        let row = sqlx::query(&sql)
-            .bind(tenant)
-            .bind(id)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        row.as_ref().map(stored_from_row).transpose()
+        let rows = self.db.read_rows(&sql, &[text(tenant), text(id)]).await?;
+        rows.first().map(|r| stored_from_cells(r)).transpose()
     }
 
     /// The user with this userName (compared case-insensitively, as SCIM says), by index.
@@ -185,12 +181,14 @@ impl Directory {
         let sql = format!(
             "SELECT {STORED_COLS} FROM users r WHERE r.tenant_id = $1 AND r.user_name_ci = $2"
         );
-        let row = sqlx::query(&sql)
-            .bind(tenant)
-            .bind(user_name.to_lowercase())
-            .fetch_optional(&self.db.pool)
+        let rows = self
+            .db
+            .read_rows(
+                &sql,
+                &[text(tenant), SqlValue::Text(user_name.to_lowercase())],
+            )
             .await?;
-        row.as_ref().map(stored_from_row).transpose()
+        rows.first().map(|r| stored_from_cells(r)).transpose()
     }
 
     /// The groups a user belongs to: direct memberships and those through nested groups (up
@@ -200,19 +198,24 @@ impl Directory {
         tenant: &str,
         user_id: &str,
     ) -> Result<Vec<GroupRef>, DirError> {
-        let rows = sqlx::query(USER_GROUPS_SQL)
-            .bind(tenant)
-            .bind(user_id)
-            .bind(MAX_NESTING)
-            .fetch_all(&self.db.pool)
+        let rows = self
+            .db
+            .read_rows(
+                USER_GROUPS_SQL,
+                &[text(tenant), text(user_id), SqlValue::Int(MAX_NESTING)],
+            )
             .await?;
         rows.iter()
             .map(|r| {
-                let depth: i64 = r.try_get(2)?;
+                let text_at = |i| {
+                    cell(r, i)?.text().map(str::to_string).ok_or_else(|| {
+                        DirError::Store(StoreError::Read("group: text expected".into()))
+                    })
+                };
                 Ok(GroupRef {
-                    value: r.try_get(0)?,
-                    display: r.try_get(1)?,
-                    direct: depth == 1,
+                    value: text_at(0)?,
+                    display: text_at(1)?,
+                    direct: cell(r, 2)?.int() == Some(1),
                 })
             })
             .collect()

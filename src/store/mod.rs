@@ -15,8 +15,11 @@
 mod affinity;
 pub mod locks;
 pub mod migrations;
+mod read;
 pub mod tenants;
 pub mod testing;
+
+pub use read::{cell, Cell, CellRow, SqlValue};
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -53,6 +56,9 @@ pub enum StoreError {
     /// operation panicked): nothing of it was written. Safe to retry.
     #[error("write aborted, nothing was written: {0}")]
     Aborted(String),
+    /// A read on SQLite's in-process reader failed (see `store::read`).
+    #[error("database read error: {0}")]
+    Read(String),
     /// `Db::write` was called from inside a write operation; that would deadlock on SQLite.
     #[error("Db::write called inside a write operation (writes must not nest)")]
     Nested,
@@ -82,6 +88,8 @@ struct Inner {
     /// SQLite only: the queue in front of the writer task.
     writer: Option<mpsc::Sender<Box<dyn WriteJob>>>,
     stats: Arc<WriteStats>,
+    /// SQLite only: the file hot-path reads open on their own thread (`store::read`).
+    local_reader: Option<read::LocalReader>,
     /// Test databases clean themselves up when the last handle goes away.
     _cleanup: Option<testing::Cleanup>,
 }
@@ -197,12 +205,17 @@ fn parse_url(url: &str) -> Result<Target, StoreError> {
     )))
 }
 
+/// The file of a `sqlite://PATH?…` URL (as `parse_url` writes them).
+fn sqlite_path(url: &str) -> PathBuf {
+    let path = url.strip_prefix("sqlite://").unwrap_or(url);
+    PathBuf::from(path.split('?').next().unwrap_or(path))
+}
+
 /// Creates a missing SQLite file readable by its owner only (0600): it holds token hashes and
 /// encrypted factor secrets. SQLite gives the -wal and -shm files the database file's mode.
 fn create_private_file(url: &str) -> Result<(), StoreError> {
-    let path = url.strip_prefix("sqlite://").unwrap_or(url);
-    let path = path.split('?').next().unwrap_or(path);
-    if url.contains("mode=ro") || std::path::Path::new(path).exists() {
+    let path = sqlite_path(url);
+    if url.contains("mode=ro") || path.exists() {
         return Ok(());
     }
     let mut open = std::fs::OpenOptions::new();
@@ -212,11 +225,12 @@ fn create_private_file(url: &str) -> Result<(), StoreError> {
         use std::os::unix::fs::OpenOptionsExt;
         open.mode(0o600);
     }
-    match open.open(path) {
+    match open.open(&path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(StoreError::Config(format!(
-            "cannot create the database file {path}: {e}"
+            "cannot create the database file {}: {e}",
+            path.display()
         ))),
     }
 }
@@ -326,6 +340,7 @@ impl Db {
                     inner: Arc::new(Inner {
                         writer: None,
                         stats,
+                        local_reader: None,
                         _cleanup: cleanup,
                     }),
                 };
@@ -361,6 +376,7 @@ impl Db {
                     inner: Arc::new(Inner {
                         writer: Some(tx),
                         stats,
+                        local_reader: Some(read::LocalReader::new(sqlite_path(&url))),
                         _cleanup: cleanup,
                     }),
                 })
