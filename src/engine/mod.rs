@@ -839,6 +839,12 @@ impl GuardCheck<'_> {
 /// Here it covers one count. If the decision then fails, the retry's check finds the user
 /// already counted in the window and counts nothing twice; a trip commits with its event
 /// and audit entry. On SQLite the single writer serialises anyway: the check stays inside.
+///
+/// The transaction commits without waiting for its WAL flush (`synchronous_commit = off`), so
+/// the lock is released a flush sooner. Nothing durable depends on it alone: the decision it
+/// permits commits after it with a synchronous commit, and flushing the WAL up to that commit
+/// flushes this one too. A crash that loses it also lost every decision made after it (the
+/// job runs again and counts again).
 async fn guard_before_decision(
     db: &crate::store::Db,
     tenant: &str,
@@ -851,6 +857,9 @@ async fn guard_before_decision(
     let (tenant, user_id, rule) = (tenant.to_string(), user_id.to_string(), rule.clone());
     db.write(move |conn: &mut AnyConnection| {
         Box::pin(async move {
+            crate::store::exec(conn, "SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(StoreError::from)?;
             let bypass = quarantined
                 && store::get_quarantine(conn, &tenant, &user_id)
                     .await?

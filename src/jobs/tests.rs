@@ -447,3 +447,41 @@ async fn a_job_whose_workers_keep_dying_is_dead_lettered() {
         assert!(j.last_error.unwrap().contains("gave up"));
     }
 }
+
+/// A start on SQLite makes every running job pending again (the previous process is gone). No
+/// worker may lease before that has run: a job leased first would be made pending under its
+/// worker and leased by a second one, and run twice at once (seen in the SIGKILL test as an
+/// action executed twice). Each job here must be leased exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_starting_on_a_backlog_lease_each_job_once() {
+    for f in fixtures().await {
+        let db = f.db();
+        for round in 0..5 {
+            for i in 0..40 {
+                // Users that do not exist: their converge is quick and ends the job.
+                enqueue(db, &f.tenant, &format!("gone-{round}-{i}"), None).await;
+            }
+            let workers = spawn_workers(f.ctx.clone(), 4);
+            let pool = db.pool.clone();
+            let all_done = eventually(10, || {
+                let pool = pool.clone();
+                async move {
+                    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM jobs WHERE state <> 'done'")
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap()
+                        == 0
+                }
+            })
+            .await;
+            workers.shutdown().await;
+            assert!(all_done, "{:?}", store::counts(db, None).await.unwrap());
+            let leased_twice: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE attempts <> 1")
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
+            assert_eq!(leased_twice, 0, "{:?} round {round}", db.engine);
+        }
+    }
+}

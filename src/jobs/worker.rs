@@ -3,9 +3,10 @@
 //! workers wake on a local nudge (a job was just enqueued here) or on a periodic poll (due jobs,
 //! jobs other replicas enqueued, leases that ran out). Not here: what a job does, SQL.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::store::{self, FailOutcome};
@@ -47,9 +48,14 @@ pub fn spawn_workers(ctx: EngineCtx, n: usize) -> Workers {
     let mut handles = Vec::new();
     let recover = ctx.db.engine == Engine::Sqlite;
     let process = uuid::Uuid::new_v4().simple().to_string();
-    for i in 0..n.max(1) {
+    let n = n.max(1);
+    // No worker leases before the recovery has run: it makes every running job pending, and
+    // would hand a job a sibling had just leased to a second worker (run twice at once).
+    let recovered = Arc::new(Semaphore::new(if recover { 0 } else { n }));
+    for i in 0..n {
         let ctx = ctx.clone();
         let rx = rx.clone();
+        let recovered = recovered.clone();
         let id = format!("{}-{}-{i}", std::process::id(), &process[..8]);
         handles.push(tokio::spawn(async move {
             if i == 0 && recover {
@@ -61,7 +67,10 @@ pub fn spawn_workers(ctx: EngineCtx, n: usize) -> Workers {
                     ),
                     Err(e) => tracing::error!(error = %e, "cannot recover running jobs"),
                 }
-                nudge_handle().notify_waiters();
+                recovered.add_permits(n);
+            }
+            if let Ok(permit) = recovered.acquire().await {
+                permit.forget();
             }
             worker_loop(ctx, id, i, rx).await
         }));
