@@ -288,6 +288,8 @@ fn default_pool_size(engine: Engine) -> u32 {
             // Readers are cheap in WAL mode, and sqlx runs each SQLite connection on its own
             // thread: with few connections requests queue behind thread hand-offs. Measured
             // with deprovd-bench (lookups at 10k users, 2 cores): 6 → ~7k/s, 16–24 → ~11k/s.
+            // (SCIM's hot reads no longer use the pool: `store::read`. The engine, the admin
+            // API, counts and deep pages still do.)
             (8 * cores).clamp(8, 64) as u32
         }
         Engine::Postgres => 10,
