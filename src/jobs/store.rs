@@ -176,21 +176,19 @@ pub async fn lease_with(
     db.write(move |conn: &mut AnyConnection| {
         Box::pin(async move {
             let now = now_ts();
-            let mut rows = if expired {
-                sqlx::query(&expired_sql)
-                    .bind(&until)
-                    .bind(&worker)
-                    .bind(&now)
-                    .bind(limit)
-                    .fetch_all(&mut *conn)
-                    .await?
-            } else {
-                Vec::new()
-            };
-            let left = limit - rows.len() as i64;
-            if left > 0 {
+            // Both statements take ($1 lease end, $2 worker, $3 now, $4 how many).
+            let mut rows = Vec::new();
+            let passes = [(expired, &expired_sql), (true, &due_sql)];
+            for sql in passes
+                .into_iter()
+                .filter_map(|(run, sql)| run.then_some(sql))
+            {
+                let left = limit - rows.len() as i64;
+                if left <= 0 {
+                    break;
+                }
                 rows.extend(
-                    sqlx::query(&due_sql)
+                    sqlx::query(sql)
                         .bind(&until)
                         .bind(&worker)
                         .bind(&now)
