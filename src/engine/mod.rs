@@ -1087,26 +1087,10 @@ async fn execute(
     key: &str,
     action: &Action,
 ) -> Result<Value, FactorError> {
-    match action {
-        Action::SuspendFactor { factor_id, .. } => timed(fstore.suspend(tenant, key, factor_id))
-            .await
-            .map(|_| json!({})),
-        Action::ResumeFactor { factor_id, .. } => timed(fstore.resume(tenant, key, factor_id))
-            .await
-            .map(|_| json!({})),
-        Action::RevokeFactor { factor_id, .. } => timed(fstore.revoke(tenant, key, factor_id))
-            .await
-            .map(|_| json!({})),
-        Action::RevokeSessions { .. } => timed(fstore.revoke_sessions(tenant, key))
-            .await
-            .map(|n| json!({ "sessions_ended": n })),
-        Action::RequireEnrollment {
-            types, deadline, ..
-        } => timed(fstore.require_enrollment(tenant, key, types, deadline))
-            .await
-            .map(|_| json!({})),
-        // Nothing to tell the store: recorded and alerted below.
-        Action::RequirementOverdue { .. } => Ok(json!({})),
+    match factor_change(action) {
+        Some(change) => timed(fstore.apply(tenant, key, &change)).await,
+        // Nothing to tell the store (an overdue requirement): recorded and alerted below.
+        None => Ok(json!({})),
     }
 }
 

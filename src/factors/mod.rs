@@ -273,6 +273,41 @@ pub trait FactorStore: Send + Sync {
         code: &'a str,
     ) -> BoxFuture<'a, FResult<bool>>;
 
+    /// Applies `change` through the store's own calls (its own transaction or API request).
+    /// The JSON says what it did, as [`FactorStore::apply_in_tx`]'s does.
+    fn apply<'a>(
+        &'a self,
+        tenant: &'a str,
+        user_key: &'a str,
+        change: &'a FactorChange,
+    ) -> BoxFuture<'a, FResult<Value>> {
+        Box::pin(async move {
+            let empty = || serde_json::json!({});
+            match change {
+                FactorChange::Suspend { factor_id } => self
+                    .suspend(tenant, user_key, factor_id)
+                    .await
+                    .map(|_| empty()),
+                FactorChange::Resume { factor_id } => self
+                    .resume(tenant, user_key, factor_id)
+                    .await
+                    .map(|_| empty()),
+                FactorChange::Revoke { factor_id } => self
+                    .revoke(tenant, user_key, factor_id)
+                    .await
+                    .map(|_| empty()),
+                FactorChange::RevokeSessions => self
+                    .revoke_sessions(tenant, user_key)
+                    .await
+                    .map(|n| serde_json::json!({ "sessions_ended": n })),
+                FactorChange::RequireEnrollment { types, deadline } => self
+                    .require_enrollment(tenant, user_key, types, deadline)
+                    .await
+                    .map(|_| empty()),
+            }
+        })
+    }
+
     /// True for a store whose data lives in deprovd's own database (the built-in store): the
     /// engine then runs its changes with [`FactorStore::apply_in_tx`] inside the transaction
     /// that records the decision and the outcomes, so one commit carries all of a converge and
