@@ -797,6 +797,46 @@ mod tests {
             .get(0)
     }
 
+    /// The writer's own automatic checkpoint is only a backstop far away: committed pages reach
+    /// the database file because `checkpointer` copies them there beside the writer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_pages_reach_the_database_file_without_the_writer() {
+        let db = testing::fresh_sqlite().await;
+        make_table(&db).await;
+        let file = db.sqlite_file().unwrap().to_path_buf();
+        tokio::time::sleep(CHECKPOINT_EVERY * 3).await;
+        let before = std::fs::metadata(&file).unwrap().len();
+        // About 400 KiB of rows: ~100 new pages, far below the writer's own threshold.
+        for i in 0..100i64 {
+            db.write(move |c| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO gc_test (k, v) VALUES ($1, $2)")
+                        .bind(i)
+                        .bind("x".repeat(4000))
+                        .execute(&mut *c)
+                        .await?;
+                    Ok::<_, StoreError>(())
+                })
+            })
+            .await
+            .unwrap();
+        }
+        let mut grown = false;
+        for _ in 0..40 {
+            tokio::time::sleep(CHECKPOINT_EVERY / 4).await;
+            if std::fs::metadata(&file).unwrap().len() >= before + 300 * 1024 {
+                grown = true;
+                break;
+            }
+        }
+        assert!(
+            grown,
+            "database file stayed at {} bytes",
+            std::fs::metadata(&file).unwrap().len()
+        );
+        assert_eq!(count(&db).await, 100);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_are_durable_and_batched() {
         for db in testing::fresh_dbs().await {

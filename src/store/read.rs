@@ -108,6 +108,12 @@ thread_local! {
 }
 
 impl Db {
+    /// The SQLite database file (None on PostgreSQL).
+    #[cfg(test)]
+    pub(crate) fn sqlite_file(&self) -> Option<&std::path::Path> {
+        self.inner.local_reader.as_ref().map(|r| r.path.as_path())
+    }
+
     /// Runs one read-only statement and returns all its rows. See the module comment for where
     /// it runs. Use it for statements that read few rows through an index; a statement that
     /// scans a large table holds the calling thread for as long.
