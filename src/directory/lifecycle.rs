@@ -205,6 +205,40 @@ fn diff_objects(
 }
 
 impl Directory {
+    /// A deleted user's last resource and when it was deleted (its `deleted` lifecycle row),
+    /// or None when the user was never deleted. The factor store keeps a deleted user's factors
+    /// (revoked): this is how they are still found by the user's SCIM id.
+    pub async fn deleted_user(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<(String, Value)>, DirError> {
+        let rows = self
+            .db
+            .read_rows(
+                "SELECT created, detail FROM lifecycle_events \
+                 WHERE tenant_id = $1 AND user_id = $2 AND kind = 'deleted' \
+                 ORDER BY seq DESC LIMIT 1",
+                &[super::text(tenant), super::text(user_id)],
+            )
+            .await?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let mut cells = row.into_iter().map(crate::store::Cell::into_text);
+        let (Some(Some(at)), Some(Some(detail))) = (cells.next(), cells.next()) else {
+            return Err(DirError::Store(crate::store::StoreError::Read(
+                "deleted lifecycle row".into(),
+            )));
+        };
+        let detail: Value = serde_json::from_str(&detail).unwrap_or(Value::Null);
+        let resource = match detail.get("before") {
+            Some(v @ Value::Object(_)) => v.clone(),
+            _ => Value::Object(Default::default()),
+        };
+        Ok(Some((at, resource)))
+    }
+
     /// Every lifecycle row of one user, oldest first.
     pub async fn lifecycle_events(
         &self,

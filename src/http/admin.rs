@@ -18,7 +18,7 @@
 //! | `GET /admin/v1/policy` | the current policy version (`version`, `hash`, `setBy`, `created`, `text`) |
 //! | `PUT /admin/v1/policy` | TOML body (or `{"policy": "…"}`): new version; 400 lists each error with `line`, `column` |
 //! | `GET /admin/v1/policy/versions` | every version, newest first |
-//! | `GET /admin/v1/users/{id}/factors` | the user's factors (`{id}` = SCIM id) and sessions |
+//! | `GET /admin/v1/users/{id}/factors` | the user's factors (`{id}` = SCIM id) and sessions; a deleted user's too, with `deletedAt` |
 //! | `POST /admin/v1/users/{id}/factors` | `{"type", "label"?, "credentialId"?, "publicKey"?, "destination"?}`: 201, TOTP/HOTP `otpauthUri` and recovery codes shown once |
 //! | `POST /admin/v1/factors/{id}/revoke` | revokes one factor (idempotent) |
 //! | `GET /admin/v1/jobs?state=&kind=&user=&limit=` | jobs, most recently updated first |
@@ -516,24 +516,44 @@ async fn policy_versions(state: web::Data<AppState>, admin: AdminPrincipal) -> R
 // ---------------------------------------------------------------------------------------------
 // Factors (the built-in store).
 
-/// The user's factor-store key under the tenant's `[link] by`; 404 when the user does not
-/// exist, None when they have no value to link by.
+/// The user's factor-store key under the tenant's `[link] by`: None when they have no value to
+/// link by. A deleted user is found too when `deleted` allows it (by their last resource), with
+/// when they were deleted; otherwise, and for an unknown id, 404.
+struct LinkedUser {
+    key: Option<String>,
+    by: crate::factors::LinkBy,
+    deleted_at: Option<String>,
+}
+
 async fn user_link_key(
     state: &AppState,
     tenant: &str,
     user_id: &str,
-) -> Result<(Option<String>, crate::factors::LinkBy), AdminError> {
-    let user = state
-        .directory
+    deleted: bool,
+) -> Result<LinkedUser, AdminError> {
+    let dir = &state.directory;
+    let live = dir
         .get_user(tenant, user_id)
         .await
-        .map_err(|e| AdminError::internal(&e))?
-        .ok_or_else(|| AdminError::NotFound(format!("no user with id {user_id:?}")))?;
+        .map_err(|e| AdminError::internal(&e))?;
+    let (resource, deleted_at) = match live {
+        Some(user) => (user.resource, None),
+        None if deleted => match dir
+            .deleted_user(tenant, user_id)
+            .await
+            .map_err(|e| AdminError::internal(&e))?
+        {
+            Some((at, resource)) => (resource, Some(at)),
+            None => return Err(AdminError::NotFound(format!("no user with id {user_id:?}"))),
+        },
+        None => return Err(AdminError::NotFound(format!("no user with id {user_id:?}"))),
+    };
     let (policy, _) = crate::policy::current_policy(&state.db, tenant).await?;
-    Ok((
-        factors::link_key(&user.resource, policy.link_by),
-        policy.link_by,
-    ))
+    Ok(LinkedUser {
+        key: factors::link_key(&resource, policy.link_by),
+        by: policy.link_by,
+        deleted_at,
+    })
 }
 
 async fn user_factors(
@@ -543,12 +563,18 @@ async fn user_factors(
 ) -> Res {
     let user_id = path_id(&path)?;
     let tenant = admin.tenant();
-    let (key, by) = user_link_key(&state, tenant, user_id).await?;
+    // A deleted user's factors stay listed (revoked): evidence of what deletion did.
+    let LinkedUser {
+        key,
+        by,
+        deleted_at,
+    } = user_link_key(&state, tenant, user_id, true).await?;
     let Some(key) = key else {
         return Ok(ok(json!({
             "userId": user_id,
             "linkKey": null,
             "linkBy": by.as_str(),
+            "deletedAt": deleted_at,
             "factors": [],
             "sessions": [],
         })));
@@ -560,6 +586,7 @@ async fn user_factors(
         "userId": user_id,
         "linkKey": key,
         "linkBy": by.as_str(),
+        "deletedAt": deleted_at,
         "factors": list,
         "sessions": sessions,
         "requirements": requirements,
@@ -611,7 +638,8 @@ async fn enroll_factor(
     let factor_type: FactorType = body.factor_type.parse().map_err(AdminError::Invalid)?;
     let m = material(&body)?;
     let tenant = admin.tenant().to_string();
-    let (key, by) = user_link_key(&state, &tenant, &user_id).await?;
+    // No enrolling for a deleted user: 404.
+    let LinkedUser { key, by, .. } = user_link_key(&state, &tenant, &user_id, false).await?;
     let key = key.ok_or_else(|| {
         AdminError::Conflict(format!(
             "the user has no {} value, which the tenant's policy ([link] by) uses to find them \

@@ -284,6 +284,35 @@ async fn delete_revokes_at_once() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The admin API still answers for the deleted user, by SCIM id: revoked factors and
+        // ended sessions, and when the user was deleted. Enrolling for them is refused.
+        let v = factors(&app, &id).await;
+        assert_eq!(v["linkKey"], "deleted@example.com", "[{}] {v}", app.engine);
+        assert!(v["deletedAt"].is_string(), "[{}] {v}", app.engine);
+        let statuses: Vec<&str> = v["factors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(statuses, vec!["revoked", "revoked"], "[{}] {v}", app.engine);
+        let r = app
+            .admin(
+                Method::POST,
+                &format!("/admin/v1/users/{id}/factors"),
+                Some(&json!({"type": "totp"})),
+            )
+            .await;
+        assert_eq!(r.status, 404, "[{}] {}", app.engine, r.text);
+        // An id that never existed is still 404.
+        let r = app
+            .admin(
+                Method::GET,
+                "/admin/v1/users/00000000-0000-4000-8000-000000000000/factors",
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 404, "[{}] {}", app.engine, r.text);
     }
 }
 
