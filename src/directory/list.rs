@@ -17,14 +17,14 @@ use super::sql_filter::{
     bind_args, filter_sql, sort_sql, SortKey, SortTy, SqlBuilder, SqlValue, Target,
 };
 use super::{stored_from_cells, DirError, Directory, ListQuery, Page, STORED_COLS};
+use crate::scim::filter::AttrPath;
+use crate::scim::schema::ResourceKind;
+use crate::scim::ScimError;
 use crate::store::{cell, Cell, StoreError};
 
 /// Deepest `startIndex` offset read on the caller's thread (`Db::read_rows`); deeper pages
 /// read through the pool.
 const INLINE_OFFSET_MAX: i64 = 1000;
-use crate::scim::filter::AttrPath;
-use crate::scim::schema::ResourceKind;
-use crate::scim::ScimError;
 
 impl Directory {
     pub async fn list_users(&self, tenant: &str, q: &ListQuery) -> Result<Page, DirError> {

@@ -20,11 +20,10 @@ mod tests;
 
 use serde_json::Value;
 use sqlx::any::AnyRow;
-use sqlx::Row;
 
 use crate::scim::filter::{AttrPath, Filter};
 use crate::scim::ScimError;
-use crate::store::{cell, Cell, Db, Engine, SqlValue, StoreError};
+use crate::store::{cell, cells_of, Cell, Db, Engine, SqlValue, StoreError};
 
 pub use crate::scim::patch::MemberChange;
 pub use crate::scim::resource::MemberRef;
@@ -211,16 +210,7 @@ pub fn if_match_ok(if_match: Option<&str>, version: i64) -> bool {
 pub(crate) const STORED_COLS: &str = "r.id, r.version, r.created, r.last_modified, r.resource";
 
 pub(crate) fn stored_from_row(row: &AnyRow) -> Result<StoredResource, DirError> {
-    let text: String = row.try_get(4)?;
-    let resource: Value = serde_json::from_str(&text)
-        .map_err(|e| DirError::Store(StoreError::Database(sqlx::Error::Decode(Box::new(e)))))?;
-    Ok(StoredResource {
-        id: row.try_get(0)?,
-        version: row.try_get(1)?,
-        created: row.try_get(2)?,
-        last_modified: row.try_get(3)?,
-        resource,
-    })
+    stored_from_cells(&cells_of(row)?)
 }
 
 /// A text parameter for `Db::read_rows`.

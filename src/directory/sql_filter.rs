@@ -23,8 +23,6 @@ use std::cell::Cell;
 
 use chrono::{DateTime, Utc};
 use serde_json::Number;
-use sqlx::any::{Any, AnyArguments};
-use sqlx::query::Query;
 
 use super::{DirError, MAX_NESTING};
 use crate::scim::filter::{AttrPath, CompValue, CompareOp, Filter};
@@ -32,7 +30,7 @@ use crate::scim::schema::{AttrType, AttributeDef, ResourceKind, SchemaRegistry};
 use crate::scim::ScimError;
 use crate::store::{ts_from, Engine};
 
-pub use crate::store::SqlValue;
+pub use crate::store::{bind_args, SqlValue};
 
 /// Collects the parameters of one statement; `$1` is conventionally the tenant id.
 #[derive(Debug)]
@@ -58,21 +56,6 @@ impl SqlBuilder {
     pub fn text(&mut self, s: impl Into<String>) -> String {
         self.arg(SqlValue::Text(s.into()))
     }
-}
-
-/// Bind `args` to a query in order.
-pub fn bind_args<'q>(
-    mut q: Query<'q, Any, AnyArguments<'q>>,
-    args: &[SqlValue],
-) -> Query<'q, Any, AnyArguments<'q>> {
-    for a in args {
-        q = match a {
-            SqlValue::Text(s) => q.bind(s.clone()),
-            SqlValue::Int(i) => q.bind(*i),
-            SqlValue::Real(f) => q.bind(*f),
-        };
-    }
-    q
 }
 
 /// What a filter is evaluated against, and the SQL aliases it assumes:

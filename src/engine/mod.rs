@@ -271,13 +271,8 @@ pub async fn load_user(
             lifecycle,
         }));
     }
-    match store::last_lifecycle(&ctx.db.pool, tenant, user_id, "deleted").await? {
-        Some((at, detail)) => {
-            let detail: Value = serde_json::from_str(&detail).unwrap_or(Value::Null);
-            let mut resource = detail.get("before").cloned().unwrap_or(Value::Null);
-            if !resource.is_object() {
-                resource = json!({});
-            }
+    match ctx.directory.deleted_user(tenant, user_id).await? {
+        Some((at, mut resource)) => {
             if let Value::Object(map) = &mut resource {
                 map.insert("id".into(), Value::String(user_id.to_string()));
             }

@@ -479,16 +479,20 @@ pub async fn purge_done(db: &Db, before: &str) -> Result<u64, StoreError> {
 }
 
 /// SQLite only (one process owns the file): jobs left running by a previous process are
-/// runnable at once rather than after their lease runs out. Returns how many.
-pub async fn recover_running(db: &Db) -> Result<u64, StoreError> {
+/// runnable at once rather than after their lease runs out. Jobs leased by a worker whose id
+/// starts with `own_prefix` (this process's) are left running. Returns how many.
+pub async fn recover_running(db: &Db, own_prefix: &str) -> Result<u64, StoreError> {
+    let own = format!("{own_prefix}%");
     db.write(move |conn: &mut AnyConnection| {
         Box::pin(async move {
             let now = now_ts();
             let r = sqlx::query(
                 "UPDATE jobs SET state = 'pending', lease_until = NULL, leased_by = NULL, \
-                 due = $1, updated = $1 WHERE state = 'running'",
+                 due = $1, updated = $1 \
+                 WHERE state = 'running' AND (leased_by IS NULL OR leased_by NOT LIKE $2)",
             )
             .bind(&now)
+            .bind(&own)
             .execute(&mut *conn)
             .await?;
             Ok::<_, StoreError>(r.rows_affected())

@@ -307,7 +307,7 @@ async fn purge_and_recover() {
         assert_eq!(leased.len(), 2);
         store::complete(db, &id, "w").await.unwrap();
         // A restart on SQLite makes the other running job runnable at once.
-        assert_eq!(store::recover_running(db).await.unwrap(), 1);
+        assert_eq!(store::recover_running(db, "me-").await.unwrap(), 1);
         assert_eq!(
             store::lease(db, "w2", 10, Duration::from_secs(30))
                 .await
@@ -320,6 +320,31 @@ async fn purge_and_recover() {
         assert!(get(db, &f.tenant, &id).await.unwrap().is_none());
         let counts = store::counts(db, Some(&f.tenant)).await.unwrap();
         assert_eq!(counts, vec![("running".to_string(), 1)]);
+    }
+}
+
+#[tokio::test]
+async fn recovery_leaves_this_process_s_leases_running() {
+    for f in fixtures().await {
+        let db = f.db();
+        enqueue(db, &f.tenant, "theirs", None).await;
+        assert_eq!(
+            store::lease(db, "old-0", 1, Duration::from_secs(300))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let mine = enqueue(db, &f.tenant, "mine", None).await;
+        let leased = store::lease(db, "me-0", 1, Duration::from_secs(300))
+            .await
+            .unwrap();
+        assert_eq!(leased[0].id, mine);
+        // Only the previous process's job is made runnable; ours keeps its lease.
+        assert_eq!(store::recover_running(db, "me-").await.unwrap(), 1);
+        let job = get(db, &f.tenant, &mine).await.unwrap().unwrap();
+        assert_eq!(job.state, "running");
+        assert!(store::complete(db, &mine, "me-0").await.unwrap());
     }
 }
 

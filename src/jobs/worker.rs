@@ -3,10 +3,10 @@
 //! workers wake on a local nudge (a job was just enqueued here) or on a periodic poll (due jobs,
 //! jobs other replicas enqueued, leases that ran out). Not here: what a job does, SQL.
 
-use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::store::{self, FailOutcome};
@@ -41,25 +41,31 @@ impl Workers {
     }
 }
 
+/// The start of every worker id (`leased_by`) in this process: `PID-RANDOM-`.
+fn process_prefix() -> &'static str {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        format!("{}-{}-", std::process::id(), &random[..8])
+    })
+}
+
 /// Starts `n` workers (at least one) on the current tokio runtime. On SQLite (one process owns
 /// the database) jobs a previous process left running are made runnable at once.
 pub fn spawn_workers(ctx: EngineCtx, n: usize) -> Workers {
     let (stop, rx) = watch::channel(false);
     let mut handles = Vec::new();
     let recover = ctx.db.engine == Engine::Sqlite;
-    let process = uuid::Uuid::new_v4().simple().to_string();
-    let n = n.max(1);
-    // No worker leases before the recovery has run: it makes every running job pending, and
-    // would hand a job a sibling had just leased to a second worker (run twice at once).
-    let recovered = Arc::new(Semaphore::new(if recover { 0 } else { n }));
-    for i in 0..n {
+    let set = uuid::Uuid::new_v4().simple().to_string();
+    for i in 0..n.max(1) {
         let ctx = ctx.clone();
         let rx = rx.clone();
-        let recovered = recovered.clone();
-        let id = format!("{}-{}-{i}", std::process::id(), &process[..8]);
+        let id = format!("{}{}-{i}", process_prefix(), &set[..8]);
         handles.push(tokio::spawn(async move {
             if i == 0 && recover {
-                match store::recover_running(&ctx.db).await {
+                // Siblings may already hold leases: they carry this process's prefix and are
+                // left alone (a job of theirs made pending would run twice at once).
+                match store::recover_running(&ctx.db, process_prefix()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(
                         jobs = n,
@@ -67,10 +73,7 @@ pub fn spawn_workers(ctx: EngineCtx, n: usize) -> Workers {
                     ),
                     Err(e) => tracing::error!(error = %e, "cannot recover running jobs"),
                 }
-                recovered.add_permits(n);
-            }
-            if let Ok(permit) = recovered.acquire().await {
-                permit.forget();
+                nudge_handle().notify_waiters();
             }
             worker_loop(ctx, id, i, rx).await
         }));

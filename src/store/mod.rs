@@ -19,7 +19,7 @@ mod read;
 pub mod tenants;
 pub mod testing;
 
-pub use read::{cell, Cell, CellRow, SqlValue};
+pub use read::{bind_args, cell, cells_of, Cell, CellRow, SqlValue};
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;

@@ -18,8 +18,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::any::{Any, AnyArguments, AnyRow, AnyTypeInfoKind};
+use sqlx::query::Query;
+use sqlx::{Row, ValueRef as _};
 
 use super::{Db, StoreError};
 
@@ -29,6 +30,21 @@ pub enum SqlValue {
     Text(String),
     Int(i64),
     Real(f64),
+}
+
+/// Binds `args` to a query in order.
+pub fn bind_args<'q>(
+    mut q: Query<'q, Any, AnyArguments<'q>>,
+    args: &[SqlValue],
+) -> Query<'q, Any, AnyArguments<'q>> {
+    for a in args {
+        q = match a {
+            SqlValue::Text(s) => q.bind(s.clone()),
+            SqlValue::Int(i) => q.bind(*i),
+            SqlValue::Real(f) => q.bind(*f),
+        };
+    }
+    q
 }
 
 /// One column of a row read with [`Db::read_rows`].
@@ -135,35 +151,36 @@ impl Db {
         sql: &str,
         args: &[SqlValue],
     ) -> Result<Vec<CellRow>, StoreError> {
-        let mut q = sqlx::query(sql);
-        for a in args {
-            q = match a {
-                SqlValue::Text(s) => q.bind(s.clone()),
-                SqlValue::Int(i) => q.bind(*i),
-                SqlValue::Real(f) => q.bind(*f),
-            };
-        }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = bind_args(sqlx::query(sql), args)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(cells_of).collect()
     }
 }
 
-/// An `AnyRow` (PostgreSQL) as cells: each column decoded as the first of integer, real,
-/// text that fits its type.
-fn cells_of(row: &AnyRow) -> Result<CellRow, StoreError> {
+/// An `AnyRow` as cells, each column decoded by the kind of its value (booleans as 0/1, as
+/// deprovd stores them on SQLite).
+pub fn cells_of(row: &AnyRow) -> Result<CellRow, StoreError> {
     let mut out = Vec::with_capacity(row.columns().len());
     for i in 0..row.columns().len() {
-        let c = if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
-            v.map_or(Cell::Null, Cell::Int)
-        } else if let Ok(v) = row.try_get::<Option<f64>, _>(i) {
-            v.map_or(Cell::Null, Cell::Real)
-        } else if let Ok(v) = row.try_get::<Option<bool>, _>(i) {
-            v.map_or(Cell::Null, |b| Cell::Int(i64::from(b)))
+        let raw = row.try_get_raw(i)?;
+        let kind = if raw.is_null() {
+            AnyTypeInfoKind::Null
         } else {
-            row.try_get::<Option<String>, _>(i)?
-                .map_or(Cell::Null, Cell::Text)
+            raw.type_info().kind()
         };
-        out.push(c);
+        out.push(match kind {
+            AnyTypeInfoKind::Null => Cell::Null,
+            AnyTypeInfoKind::Bool => Cell::Int(i64::from(row.try_get::<bool, _>(i)?)),
+            AnyTypeInfoKind::SmallInt | AnyTypeInfoKind::Integer | AnyTypeInfoKind::BigInt => {
+                Cell::Int(row.try_get(i)?)
+            }
+            AnyTypeInfoKind::Real | AnyTypeInfoKind::Double => Cell::Real(row.try_get(i)?),
+            AnyTypeInfoKind::Text => Cell::Text(row.try_get(i)?),
+            AnyTypeInfoKind::Blob => {
+                Cell::Text(String::from_utf8_lossy(&row.try_get::<Vec<u8>, _>(i)?).into_owned())
+            }
+        });
     }
     Ok(out)
 }
