@@ -3,7 +3,10 @@
 //! `deprovd audit verify` detects any edited, removed, reordered or cut-off entry.
 //!
 //! Entries are appended inside the caller's transaction ([`append`]), so an entry exists exactly
-//! when the change it describes was committed. This module defines the entry, the canonical
+//! when the change it describes was committed. On PostgreSQL an appended entry is pending until
+//! the [`chainer`] links it (milliseconds after the commit); every read links pending entries
+//! first. An entry's seq is its place in the chain, so it is given when it is linked; its `at`
+//! is when it was written (causally ordered entries are linked in order). This module defines the entry, the canonical
 //! encoding that is hashed, and verification; the SQL lives in [`store`]. It does not decide what
 //! is worth auditing (callers do) and it is not a general event bus (see `notify`).
 //!
@@ -18,6 +21,7 @@
 //! first entry of a chain has `prev_hash` = 64 zeros ([`GENESIS`]). Length prefixes make the
 //! encoding injective: no two different entries encode to the same bytes.
 
+pub mod chainer;
 pub mod store;
 
 use serde::Serialize;
@@ -27,7 +31,7 @@ use sqlx::AnyConnection;
 
 use crate::store::{Db, StoreError};
 
-pub use store::{export, list, verify};
+pub use store::{export, link_pending, list, verify};
 
 /// `prev_hash` of the first entry of every chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -220,29 +224,25 @@ pub fn entry_hash(input: &HashInput<'_>) -> String {
     hex::encode(Sha256::digest(canonical_bytes(input)))
 }
 
-/// Appends `entry` to the tenant's chain inside the caller's transaction. On PostgreSQL the
-/// upsert of the chain head takes its row lock, which serialises appends per tenant until the
-/// transaction ends; on SQLite the single writer does.
+/// Appends `entry` to the tenant's chain inside the caller's transaction. On SQLite it is
+/// linked at once; on PostgreSQL it is pending until the chainer links it after the commit
+/// (see [`chainer`]); either way it exists exactly when the transaction committed.
 pub async fn append(
     conn: &mut AnyConnection,
     tenant_id: &str,
     entry: AuditEntry,
 ) -> Result<(), sqlx::Error> {
-    store::append_many(conn, tenant_id, std::slice::from_ref(&entry))
-        .await
-        .map(|_| ())
+    store::append_many(conn, tenant_id, std::slice::from_ref(&entry)).await
 }
 
-/// Appends several entries, in order, inside the caller's transaction: one chain-head update
-/// and one INSERT per 32 entries instead of three statements each.
+/// Appends several entries, in order, inside the caller's transaction: one INSERT per 32
+/// entries (and on SQLite one chain-head update) instead of statements each.
 pub async fn append_many(
     conn: &mut AnyConnection,
     tenant_id: &str,
     entries: &[AuditEntry],
 ) -> Result<(), sqlx::Error> {
-    store::append_many(conn, tenant_id, entries)
-        .await
-        .map(|_| ())
+    store::append_many(conn, tenant_id, entries).await
 }
 
 /// Appends one entry in its own transaction (for callers with nothing else to write).

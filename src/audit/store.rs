@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{AuditEntry, AuditRecord, HashInput, ListFilter, VerifyReport, GENESIS};
-use crate::store::{now_ts, Db, Engine};
+use crate::store::{now_ts, Db, Engine, StoreError};
 
 /// Rows read per query while verifying or exporting: bounds memory on large logs.
 const PAGE: i64 = 1000;
@@ -15,131 +15,312 @@ const PAGE: i64 = 1000;
 const COLUMNS: &str = "tenant_id, seq, id, at, kind, actor_kind, actor_id, actor_name, client_ip, \
                        request_id, subject, detail, prev_hash, hash";
 
-/// Entries written per INSERT statement (14 parameters each).
+/// Entries written per INSERT statement (14 parameters each in `audit_log`, 11 in
+/// `audit_pending`).
 const INSERT_CHUNK: usize = 32;
 
-/// Appends entries, in order, and moves the chain head once per chunk; returns the last new
-/// entry's (seq, hash), or None when `entries` is empty.
+/// Pending entries linked per chainer transaction.
+const LINK_BATCH: i64 = 1000;
+
+/// An entry with everything but its place in the chain (seq, prev_hash, hash).
+struct Unlinked {
+    id: String,
+    at: String,
+    kind: String,
+    actor_kind: String,
+    actor_id: String,
+    actor_name: String,
+    client_ip: Option<String>,
+    request_id: Option<String>,
+    subject: Option<String>,
+    /// JSON text, hashed exactly as stored.
+    detail: String,
+}
+
+impl Unlinked {
+    fn new(entry: &AuditEntry, at: &str) -> Unlinked {
+        Unlinked {
+            id: uuid::Uuid::new_v4().to_string(),
+            at: at.to_string(),
+            kind: entry.kind.clone(),
+            actor_kind: entry.actor.kind.clone(),
+            actor_id: entry.actor.id.clone(),
+            actor_name: entry.actor.name.clone(),
+            client_ip: entry.actor.client_ip.clone(),
+            request_id: entry.actor.request_id.clone(),
+            subject: entry.subject.clone(),
+            detail: serde_json::to_string(&entry.detail).unwrap_or_else(|_| "null".into()),
+        }
+    }
+
+    fn from_pending(row: &AnyRow) -> Result<(i64, Unlinked), sqlx::Error> {
+        Ok((
+            row.try_get("pending_id")?,
+            Unlinked {
+                id: row.try_get("id")?,
+                at: row.try_get("at")?,
+                kind: row.try_get("kind")?,
+                actor_kind: row.try_get("actor_kind")?,
+                actor_id: row.try_get("actor_id")?,
+                actor_name: row.try_get("actor_name")?,
+                client_ip: row.try_get("client_ip")?,
+                request_id: row.try_get("request_id")?,
+                subject: row.try_get("subject")?,
+                detail: row.try_get("detail")?,
+            },
+        ))
+    }
+}
+
+/// `$a, $a+1, … $a+n-1` as `($a, …), ($a+n, …)` rows for a multi-row VALUES.
+fn values_list(rows: usize, per_row: usize, first: usize) -> String {
+    let mut values = String::new();
+    for i in 0..rows {
+        let b = first + i * per_row;
+        if i > 0 {
+            values.push_str(", ");
+        }
+        let params: Vec<String> = (0..per_row).map(|k| format!("${}", b + k)).collect();
+        values.push('(');
+        values.push_str(&params.join(", "));
+        values.push(')');
+    }
+    values
+}
+
+/// Appends entries, in order, inside the caller's transaction.
+///
+/// On SQLite they are linked into the chain at once (the single writer serialises appends and
+/// holds no lock across anyone else's commit). On PostgreSQL they go to `audit_pending`, and
+/// the chainer links them after the commit: linking here would hold the chain head's row lock
+/// until this transaction's WAL flush, and every write of the tenant would queue behind it.
 pub(crate) async fn append_many(
     conn: &mut AnyConnection,
     tenant_id: &str,
     entries: &[AuditEntry],
-) -> Result<Option<(i64, String)>, sqlx::Error> {
-    let mut last = None;
+) -> Result<(), sqlx::Error> {
+    let at = now_ts();
+    let postgres = crate::jobs::store::is_postgres(conn);
     for chunk in entries.chunks(INSERT_CHUNK) {
-        last = Some(append_chunk(conn, tenant_id, chunk).await?);
+        let unlinked: Vec<Unlinked> = chunk.iter().map(|e| Unlinked::new(e, &at)).collect();
+        if postgres {
+            insert_pending(conn, tenant_id, &unlinked).await?;
+        } else {
+            // Reserve n seqs in one statement: a new chain's head is inserted at seq n with
+            // prev GENESIS; an existing one moves from s to s + n and returns its old hash.
+            let n = unlinked.len() as i64;
+            let head = sqlx::query(
+                "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ($1, $3, $2) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_heads.seq + $3 \
+                 RETURNING seq, hash",
+            )
+            .bind(tenant_id)
+            .bind(GENESIS)
+            .bind(n)
+            .fetch_one(&mut *conn)
+            .await?;
+            let last_seq: i64 = head.try_get("seq")?;
+            let prev: String = head.try_get("hash")?;
+            link(
+                conn,
+                Engine::Sqlite,
+                tenant_id,
+                last_seq - n + 1,
+                prev,
+                &unlinked,
+            )
+            .await?;
+        }
     }
-    Ok(last)
+    if postgres && !entries.is_empty() {
+        crate::store::after_commit(super::chainer::nudge);
+    }
+    Ok(())
 }
 
-async fn append_chunk(
+async fn insert_pending(
     conn: &mut AnyConnection,
     tenant_id: &str,
-    entries: &[AuditEntry],
+    entries: &[Unlinked],
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO audit_pending (tenant_id, id, at, kind, actor_kind, actor_id, actor_name, \
+         client_ip, request_id, subject, detail) VALUES {}",
+        values_list(entries.len(), 11, 1)
+    );
+    let mut q = sqlx::query(&sql);
+    for e in entries {
+        q = q
+            .bind(tenant_id)
+            .bind(&e.id)
+            .bind(&e.at)
+            .bind(&e.kind)
+            .bind(&e.actor_kind)
+            .bind(&e.actor_id)
+            .bind(&e.actor_name)
+            .bind(e.client_ip.clone())
+            .bind(e.request_id.clone())
+            .bind(e.subject.clone())
+            .bind(&e.detail);
+    }
+    q.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Writes `entries` as seqs `first_seq..` after an entry whose hash is `prev_hash`, and moves
+/// the chain head to the last of them, in one round trip. The caller holds the head (its row
+/// lock on PostgreSQL, the single writer on SQLite). Returns the new head.
+async fn link(
+    conn: &mut AnyConnection,
+    engine: Engine,
+    tenant_id: &str,
+    first_seq: i64,
+    mut prev_hash: String,
+    entries: &[Unlinked],
 ) -> Result<(i64, String), sqlx::Error> {
+    let mut links = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let seq = first_seq + i as i64;
+        let hash = super::entry_hash(&HashInput {
+            tenant_id,
+            seq,
+            at: &e.at,
+            kind: &e.kind,
+            actor_kind: &e.actor_kind,
+            actor_id: &e.actor_id,
+            actor_name: &e.actor_name,
+            client_ip: e.client_ip.as_deref(),
+            request_id: e.request_id.as_deref(),
+            subject: e.subject.as_deref(),
+            detail: &e.detail,
+            prev_hash: &prev_hash,
+        });
+        links.push((seq, std::mem::replace(&mut prev_hash, hash.clone()), hash));
+    }
+    let last_seq = first_seq + entries.len() as i64 - 1;
+    let insert = format!(
+        "INSERT INTO audit_log (tenant_id, seq, id, at, kind, actor_kind, actor_id, actor_name, \
+         client_ip, request_id, subject, detail, prev_hash, hash) VALUES {}",
+        values_list(entries.len(), 14, 1)
+    );
+    // The head moves in the same round trip as the insert: on PostgreSQL in a data-modifying
+    // CTE, on SQLite as a second statement of the same call.
+    let (seq_param, hash_param) = (entries.len() * 14 + 1, entries.len() * 14 + 2);
+    let set_head = format!(
+        "UPDATE audit_heads SET seq = ${seq_param}, hash = ${hash_param} WHERE tenant_id = $1"
+    );
+    let sql = match engine {
+        Engine::Postgres => format!("WITH ins AS ({insert} RETURNING 1) {set_head}"),
+        Engine::Sqlite => format!("{insert}; {set_head}"),
+    };
+    let mut q = sqlx::query(&sql);
+    for ((seq, prev, hash), e) in links.iter().zip(entries) {
+        q = q
+            .bind(tenant_id)
+            .bind(*seq)
+            .bind(&e.id)
+            .bind(&e.at)
+            .bind(&e.kind)
+            .bind(&e.actor_kind)
+            .bind(&e.actor_id)
+            .bind(&e.actor_name)
+            .bind(e.client_ip.clone())
+            .bind(e.request_id.clone())
+            .bind(e.subject.clone())
+            .bind(&e.detail)
+            .bind(prev)
+            .bind(hash);
+    }
+    q.bind(last_seq)
+        .bind(&prev_hash)
+        .execute(&mut *conn)
+        .await?;
+    Ok((last_seq, prev_hash))
+}
+
+/// Links committed pending entries into their chains: one tenant's, or every tenant's. Returns
+/// how many were linked. Safe to run from several processes at once (each batch holds the
+/// chain head's row lock); a no-op on SQLite, where nothing is ever pending.
+pub async fn link_pending(db: &Db, tenant: Option<&str>) -> Result<u64, StoreError> {
+    if db.engine == Engine::Sqlite {
+        return Ok(0);
+    }
+    let tenants: Vec<String> = match tenant {
+        Some(t) => vec![t.to_string()],
+        None => {
+            let rows = sqlx::query("SELECT DISTINCT tenant_id FROM audit_pending")
+                .fetch_all(&db.pool)
+                .await?;
+            rows.iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<_, _>>()?
+        }
+    };
+    let mut linked = 0u64;
+    for t in tenants {
+        loop {
+            let tenant = t.clone();
+            let n = db
+                .write(move |conn: &mut AnyConnection| {
+                    Box::pin(async move {
+                        Ok::<_, StoreError>(link_batch(conn, &tenant, LINK_BATCH).await?)
+                    })
+                })
+                .await?;
+            linked += n as u64;
+            if (n as i64) < LINK_BATCH {
+                break;
+            }
+        }
+    }
+    Ok(linked)
+}
+
+/// One chainer transaction: lock the head, take up to `limit` of the tenant's oldest pending
+/// entries and link them in `pending_id` order.
+async fn link_batch(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    limit: i64,
+) -> Result<usize, sqlx::Error> {
+    // Taking the head first serialises chainers; the DELETE that follows (a new snapshot under
+    // READ COMMITTED) then sees what a chainer before us already took.
+    let head = sqlx::query(
+        "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ($1, 0, $2) \
+         ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_heads.seq RETURNING seq, hash",
+    )
+    .bind(tenant_id)
+    .bind(GENESIS)
+    .fetch_one(&mut *conn)
+    .await?;
+    let (seq, hash): (i64, String) = (head.try_get("seq")?, head.try_get("hash")?);
+    let rows = sqlx::query(
+        "DELETE FROM audit_pending WHERE pending_id IN (SELECT pending_id FROM audit_pending \
+         WHERE tenant_id = $1 ORDER BY pending_id LIMIT $2) \
+         RETURNING pending_id, id, at, kind, actor_kind, actor_id, actor_name, client_ip, \
+         request_id, subject, detail",
+    )
+    .bind(tenant_id)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut pending = rows
+        .iter()
+        .map(Unlinked::from_pending)
+        .collect::<Result<Vec<_>, _>>()?;
+    pending.sort_by_key(|(id, _)| *id);
+    let entries: Vec<Unlinked> = pending.into_iter().map(|(_, e)| e).collect();
     let engine = if crate::jobs::store::is_postgres(conn) {
         Engine::Postgres
     } else {
         Engine::Sqlite
     };
-    let n = entries.len() as i64;
-    // Reserve n seqs in one statement: a new chain's head is inserted at seq n with prev
-    // GENESIS; an existing one moves from s to s + n and returns its (still old) hash. On
-    // PostgreSQL the upsert holds the head row's lock until commit, which is what serialises
-    // appends to one tenant's chain.
-    let head = sqlx::query(
-        "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ($1, $3, $2) \
-         ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_heads.seq + $3 \
-         RETURNING seq, hash",
-    )
-    .bind(tenant_id)
-    .bind(GENESIS)
-    .bind(n)
-    .fetch_one(&mut *conn)
-    .await?;
-    let last_seq: i64 = head.try_get("seq")?;
-    let mut prev_hash: String = head.try_get("hash")?;
-    let at = now_ts();
-
-    struct Row {
-        seq: i64,
-        detail: String,
-        prev_hash: String,
-        hash: String,
+    let (mut next, mut prev) = (seq + 1, hash);
+    for chunk in entries.chunks(INSERT_CHUNK) {
+        let (last, h) = link(conn, engine, tenant_id, next, prev, chunk).await?;
+        (next, prev) = (last + 1, h);
     }
-    let mut rows = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        let seq = last_seq - n + 1 + i as i64;
-        let detail = serde_json::to_string(&entry.detail).unwrap_or_else(|_| "null".into());
-        let hash = super::entry_hash(&HashInput {
-            tenant_id,
-            seq,
-            at: &at,
-            kind: &entry.kind,
-            actor_kind: &entry.actor.kind,
-            actor_id: &entry.actor.id,
-            actor_name: &entry.actor.name,
-            client_ip: entry.actor.client_ip.as_deref(),
-            request_id: entry.actor.request_id.as_deref(),
-            subject: entry.subject.as_deref(),
-            detail: &detail,
-            prev_hash: &prev_hash,
-        });
-        rows.push(Row {
-            seq,
-            detail,
-            prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
-            hash,
-        });
-    }
-    let mut values = String::new();
-    for i in 0..rows.len() {
-        let b = i * 14;
-        if i > 0 {
-            values.push_str(", ");
-        }
-        let params: Vec<String> = (1..=14).map(|k| format!("${}", b + k)).collect();
-        values.push('(');
-        values.push_str(&params.join(", "));
-        values.push(')');
-    }
-    let insert = format!(
-        "INSERT INTO audit_log (tenant_id, seq, id, at, kind, actor_kind, actor_id, actor_name, \
-         client_ip, request_id, subject, detail, prev_hash, hash) VALUES {values}"
-    );
-    // The head moves in the same round trip as the insert: on PostgreSQL in a data-modifying
-    // CTE (while the head row is locked), on SQLite as a second statement of the same call
-    // (each call crosses to SQLite's thread and back; the writer is alone anyway).
-    let head_param = rows.len() * 14 + 1;
-    let sql = match engine {
-        Engine::Postgres => format!(
-            "WITH ins AS ({insert} RETURNING 1) UPDATE audit_heads SET hash = ${head_param} \
-             WHERE tenant_id = $1"
-        ),
-        Engine::Sqlite => {
-            format!("{insert}; UPDATE audit_heads SET hash = ${head_param} WHERE tenant_id = $1")
-        }
-    };
-    let mut q = sqlx::query(&sql);
-    for (row, entry) in rows.iter().zip(entries) {
-        q = q
-            .bind(tenant_id)
-            .bind(row.seq)
-            .bind(uuid::Uuid::new_v4().to_string())
-            .bind(&at)
-            .bind(&entry.kind)
-            .bind(&entry.actor.kind)
-            .bind(&entry.actor.id)
-            .bind(&entry.actor.name)
-            .bind(entry.actor.client_ip.clone())
-            .bind(entry.actor.request_id.clone())
-            .bind(entry.subject.clone())
-            .bind(&row.detail)
-            .bind(&row.prev_hash)
-            .bind(&row.hash);
-    }
-    q.bind(&prev_hash).execute(&mut *conn).await?;
-    Ok((last_seq, prev_hash))
+    Ok(entries.len())
 }
 
 fn record(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {
@@ -205,8 +386,9 @@ async fn head(db: &Db, tenant_id: &str) -> Result<Option<(i64, String)>, sqlx::E
 }
 
 /// The chain head of one tenant: (seq, hash) of its last entry, for reports.
-pub async fn chain_head(db: &Db, tenant_id: &str) -> Result<Option<(i64, String)>, sqlx::Error> {
-    head(db, tenant_id).await
+pub async fn chain_head(db: &Db, tenant_id: &str) -> Result<Option<(i64, String)>, StoreError> {
+    link_pending(db, Some(tenant_id)).await?;
+    Ok(head(db, tenant_id).await?)
 }
 
 /// Recomputes one tenant's chain (or every tenant's) and names the first bad entry.
@@ -215,7 +397,9 @@ pub async fn chain_head(db: &Db, tenant_id: &str) -> Result<Option<(i64, String)
 /// seq), a reordered or replaced entry (its `prev_hash` does not match the previous entry's hash,
 /// or its hash does not cover its new seq), and entries cut off the end (the chain head in
 /// `audit_heads` points past the last entry).
-pub async fn verify(db: &Db, tenant: Option<&str>) -> Result<VerifyReport, sqlx::Error> {
+pub async fn verify(db: &Db, tenant: Option<&str>) -> Result<VerifyReport, StoreError> {
+    // Entries committed but not linked yet are part of the log: link them, then check.
+    link_pending(db, tenant).await?;
     let tenants = match tenant {
         Some(t) => vec![t.to_string()],
         None => chain_tenants(db).await?,
@@ -308,6 +492,7 @@ pub async fn export(
     tenant: Option<&str>,
     writer: &mut (dyn Write + Send),
 ) -> Result<u64, ExportError> {
+    link_pending(db, tenant).await?;
     let tenants = match tenant {
         Some(t) => vec![t.to_string()],
         None => chain_tenants(db).await?,
@@ -336,9 +521,15 @@ pub async fn export(
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(#[from] StoreError),
     #[error("write: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<sqlx::Error> for ExportError {
+    fn from(e: sqlx::Error) -> Self {
+        ExportError::Db(e.into())
+    }
 }
 
 /// Escapes LIKE wildcards so a kind prefix matches literally (escape character `\`).
@@ -362,7 +553,8 @@ pub async fn list(
     filter: &ListFilter,
     limit: i64,
     after_seq: Option<i64>,
-) -> Result<Vec<AuditRecord>, sqlx::Error> {
+) -> Result<Vec<AuditRecord>, StoreError> {
+    link_pending(db, Some(tenant_id)).await?;
     let mut sql = format!("SELECT {COLUMNS} FROM audit_log WHERE tenant_id = $1 AND seq > $2");
     let mut binds: Vec<String> = Vec::new();
     let mut n = 2;
@@ -392,7 +584,7 @@ pub async fn list(
         q = q.bind(b);
     }
     let rows = q.bind(limit.clamp(1, 1000)).fetch_all(&db.pool).await?;
-    rows.iter().map(record).collect()
+    Ok(rows.iter().map(record).collect::<Result<_, _>>()?)
 }
 
 /// Test helpers that tamper with the stored log (the point of `verify`).

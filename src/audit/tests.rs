@@ -39,6 +39,8 @@ async fn seeded() -> Vec<Db> {
         for i in 1..=3 {
             add(db, "b", entry("policy.decision", Some("u2"), i)).await;
         }
+        // On PostgreSQL the entries are pending until linked; the tests tamper with the chain.
+        link_pending(db, None).await.unwrap();
     }
     dbs
 }
@@ -430,5 +432,146 @@ async fn batched_appends_span_chunks_and_interleave_with_single_ones() {
         );
         assert_eq!(rows[0].prev_hash, GENESIS);
         assert!(verify(&db, None).await.unwrap().ok);
+    }
+}
+
+/// PostgreSQL: an append is pending until linked, a rolled-back one never appears, and readers
+/// link before they read.
+#[tokio::test]
+async fn pending_entries_appear_when_committed_and_never_when_rolled_back() {
+    for db in fresh_dbs().await {
+        add(&db, "p", entry("kept", None, 1)).await;
+        let rolled_back = db
+            .write(move |c: &mut AnyConnection| {
+                Box::pin(async move {
+                    append(c, "p", entry("rolled.back", None, 2)).await?;
+                    Err::<(), _>(StoreError::Aborted("test".into()))
+                })
+            })
+            .await;
+        assert!(rolled_back.is_err());
+        add(&db, "p", entry("kept", None, 3)).await;
+        let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_pending")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        let linked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        match db.engine {
+            crate::store::Engine::Postgres => assert_eq!((pending, linked), (2, 0)),
+            crate::store::Engine::Sqlite => assert_eq!((pending, linked), (0, 2)),
+        }
+        // The reader links first: both entries, in order, nothing of the rolled-back one.
+        let rows = list(&db, "p", &ListFilter::default(), 10, None)
+            .await
+            .unwrap();
+        let ns: Vec<i64> = rows
+            .iter()
+            .map(|r| r.detail["n"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ns, vec![1, 3]);
+        assert_eq!(rows[1].prev_hash, rows[0].hash);
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_pending")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+        assert!(verify(&db, None).await.unwrap().ok);
+    }
+}
+
+/// Many writers appending at once while two chainers link concurrently: one gapless chain
+/// with every entry exactly once, each writer's entries in the order it committed them.
+#[tokio::test]
+async fn concurrent_writers_and_chainers_make_one_chain() {
+    for db in fresh_dbs().await {
+        let writers: Vec<_> = (0..6)
+            .map(|w| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    for i in 0..40 {
+                        let e = AuditEntry::new(
+                            "w",
+                            AuditActor::system("t", "t"),
+                            None,
+                            json!({ "w": w, "i": i }),
+                        );
+                        add(&db, "c", e).await;
+                    }
+                })
+            })
+            .collect();
+        let chainers: Vec<_> = (0..2)
+            .map(|_| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    for _ in 0..30 {
+                        link_pending(&db, None).await.unwrap();
+                        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    }
+                })
+            })
+            .collect();
+        for h in writers.into_iter().chain(chainers) {
+            h.await.unwrap();
+        }
+        let r = verify(&db, Some("c")).await.unwrap();
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.entries, 240);
+        let mut rows = Vec::new();
+        let mut after = None;
+        loop {
+            let page = list(&db, "c", &ListFilter::default(), 100, after)
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.seq);
+            rows.extend(page);
+        }
+        assert_eq!(
+            rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (1..=240).collect::<Vec<_>>()
+        );
+        for w in 0..6 {
+            let mine: Vec<i64> = rows
+                .iter()
+                .filter(|r| r.detail["w"] == w)
+                .map(|r| r.detail["i"].as_i64().unwrap())
+                .collect();
+            assert_eq!(mine, (0..40).collect::<Vec<_>>(), "writer {w}");
+        }
+    }
+}
+
+/// The chainer links committed entries by itself, without a reader asking.
+#[tokio::test]
+async fn the_chainer_links_committed_entries_on_its_own() {
+    for db in fresh_dbs().await {
+        let chainer = chainer::spawn(db.clone());
+        for i in 0..5 {
+            add(&db, "bg", entry("w", None, i)).await;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let (pending, linked): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT COUNT(*) FROM audit_pending), (SELECT COUNT(*) FROM audit_log)",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            if (pending, linked) == (0, 5) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still {pending} pending, {linked} linked ({:?})",
+                db.engine
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        chainer.abort();
+        assert!(verify(&db, Some("bg")).await.unwrap().ok);
     }
 }

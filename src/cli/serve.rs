@@ -125,6 +125,8 @@ async fn load_configured_policies(db: &Db, config: &Config) -> Result<(), String
 pub struct Background {
     workers: crate::jobs::worker::Workers,
     delivery: tokio::task::JoinHandle<()>,
+    chainer: tokio::task::JoinHandle<()>,
+    db: crate::store::Db,
 }
 
 impl Background {
@@ -132,6 +134,12 @@ impl Background {
     pub async fn shutdown(self) {
         self.workers.shutdown().await;
         self.delivery.abort();
+        self.chainer.abort();
+        // Link what the last converges appended (they would be linked by the next start or by
+        // any reader anyway: pending entries are durable).
+        if let Err(e) = crate::audit::link_pending(&self.db, None).await {
+            tracing::warn!(error = %e, "cannot link pending audit entries at shutdown");
+        }
     }
 }
 
@@ -146,5 +154,11 @@ pub fn start_background(state: &AppState) -> Background {
         state.master_key.clone(),
         Default::default(),
     );
-    Background { workers, delivery }
+    let chainer = crate::audit::chainer::spawn(state.db.clone());
+    Background {
+        workers,
+        delivery,
+        chainer,
+        db: state.db.clone(),
+    }
 }

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::AnyConnection;
 
-use super::store::{self, GuardRow, QuarantineEntry};
+use super::store::{self, CountRange, GuardRow, QuarantineEntry, WindowTally};
 use crate::audit::{self, AuditActor, AuditEntry};
 use crate::policy::GuardRule;
 use crate::store::{ts_from, Db, StoreError};
@@ -82,14 +82,7 @@ pub async fn check(
     now: DateTime<Utc>,
 ) -> Result<Verdict, sqlx::Error> {
     let row = store::lock_guard(conn, tenant_id).await?;
-    // Prune the window table now and then (rows older than a day count for nothing).
-    let prune = (rand::random::<u8>() < 3).then(|| ts_from(now - Duration::days(1)));
-    let n = destructive as i64;
-    if bypass {
-        store::record_guard_action(conn, tenant_id, user_id, n, true, prune.as_deref()).await?;
-        return Ok(Verdict::Execute);
-    }
-    if row.tripped {
+    if row.tripped && !bypass {
         return Ok(Verdict::Quarantine {
             tripped_now: false,
             reason: row
@@ -98,20 +91,68 @@ pub async fn check(
         });
     }
     let since = window_start(&row, now);
-    // Count up to what the bounds need: reaching `max` trips; past the percentage floor the
-    // exact count matters (bounded by `max` again). A user already counted adds nothing.
-    let max = i64::try_from(rule.max_destructive_per_15m).unwrap_or(i64::MAX);
-    let floor = i64::try_from(rule.percent_applies_above).unwrap_or(i64::MAX);
-    let limit = max.min(floor.saturating_add(1));
-    let (counted, mut count) = store::window_users(conn, tenant_id, &since, user_id, limit).await?;
-    if !counted {
-        if count > floor && count < max {
-            count = store::window_users(conn, tenant_id, &since, user_id, max)
-                .await?
-                .1;
+    // Bring the running count to this window's start: only the rows between its old start and
+    // the new one are counted (once each as they leave the window), so a check costs the same
+    // with ten users in the window or a hundred thousand.
+    let (user, counted) = match &row.tally {
+        None => {
+            store::guard_window_read(conn, tenant_id, user_id, CountRange::From(&since)).await?
         }
+        Some(t) if t.since <= since => {
+            let (user, left) = store::guard_window_read(
+                conn,
+                tenant_id,
+                user_id,
+                CountRange::Between(&t.since, &since),
+            )
+            .await?;
+            (user, t.counted - left)
+        }
+        // The window start moved back (another replica's clock): count the rows it regained.
+        Some(t) => {
+            let (user, back) = store::guard_window_read(
+                conn,
+                tenant_id,
+                user_id,
+                CountRange::Between(&since, &t.since),
+            )
+            .await?;
+            (user, t.counted + back)
+        }
+    };
+    // A user already counted in the window adds nothing; their row moves to now.
+    let already = user.as_ref().is_some_and(|r| !r.bypass && r.at >= since);
+    let at = ts_from(now);
+    let record = |bypass: bool| {
+        let enters = !bypass && at >= since;
+        WindowTally {
+            counted: counted - i64::from(already) + i64::from(enters),
+            since: since.clone(),
+        }
+    };
+    // Prune the window table now and then (rows older than a day count for nothing).
+    let prune = (rand::random::<u8>() < 3).then(|| ts_from(now - Duration::days(1)));
+    let n = destructive as i64;
+    if bypass {
+        let tally = record(true);
+        store::record_guard_action(
+            conn,
+            tenant_id,
+            user_id,
+            &at,
+            n,
+            true,
+            &tally,
+            prune.as_deref(),
+        )
+        .await?;
+        return Ok(Verdict::Execute);
+    }
+    if !already {
+        let count = counted;
         // The percentage base costs a count over the tenant's users: only read it when the
         // percentage bound can apply.
+        let floor = i64::try_from(rule.percent_applies_above).unwrap_or(i64::MAX);
         let active = if count + 1 > floor {
             store::count_active_users(conn, tenant_id).await?
         } else {
@@ -125,7 +166,18 @@ pub async fn check(
             });
         }
     }
-    store::record_guard_action(conn, tenant_id, user_id, n, false, prune.as_deref()).await?;
+    let tally = record(false);
+    store::record_guard_action(
+        conn,
+        tenant_id,
+        user_id,
+        &at,
+        n,
+        false,
+        &tally,
+        prune.as_deref(),
+    )
+    .await?;
     Ok(Verdict::Execute)
 }
 
@@ -318,5 +370,56 @@ mod tests {
         assert_eq!(window_start(&row, now), ts_from(now - Duration::minutes(1)));
         row.window_start = Some(ts_from(now - Duration::hours(1)));
         assert_eq!(window_start(&row, now), sliding);
+    }
+
+    async fn check_once(db: &Db, user: &str, bypass: bool, now: DateTime<Utc>) -> Verdict {
+        let (user, rule) = (user.to_string(), rule(1_000_000, 100.0, 1_000_000));
+        db.write(move |conn: &mut AnyConnection| {
+            Box::pin(async move {
+                Ok::<_, StoreError>(check(conn, "t", &user, 2, &rule, bypass, now).await?)
+            })
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The running count equals a full count of the window after every check, whatever the
+    /// order of users, bypasses, releases and clock movements (forward, in jumps, and back).
+    #[tokio::test]
+    async fn running_count_matches_a_full_count() {
+        use rand::{Rng, SeedableRng};
+        for db in crate::store::testing::fresh_dbs().await {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            let start = Utc::now();
+            let mut offset_s: i64 = 0;
+            for step in 0..300 {
+                match rng.gen_range(0..20) {
+                    // The clock jumps past the window, or back a little (another replica).
+                    0 => offset_s += rng.gen_range(300..1200),
+                    1 => offset_s -= rng.gen_range(1..30),
+                    2 => {
+                        let t = "t".to_string();
+                        db.write(move |conn: &mut AnyConnection| {
+                            Box::pin(async move {
+                                store::lock_guard(conn, &t).await?;
+                                store::reset_guard(conn, &t).await?;
+                                Ok::<_, StoreError>(())
+                            })
+                        })
+                        .await
+                        .unwrap();
+                    }
+                    _ => offset_s += rng.gen_range(0..20),
+                }
+                let now = start + Duration::seconds(offset_s);
+                let user = format!("u{}", rng.gen_range(0..40));
+                let verdict = check_once(&db, &user, rng.gen_bool(0.1), now).await;
+                assert_eq!(verdict, Verdict::Execute);
+                let row = store::read_guard(&db, "t").await.unwrap();
+                let tally = row.tally.expect("a check leaves a tally");
+                let full = store::window_count(&db, "t", &tally.since).await.unwrap();
+                assert_eq!(tally.counted, full, "step {step} ({:?})", db.engine);
+            }
+        }
     }
 }

@@ -61,14 +61,31 @@ pub struct GuardRow {
     pub trip_reason: Option<String>,
     /// Releases and discards restart the sliding window here.
     pub window_start: Option<String>,
+    /// The running count: (users counted, since when); see [`WindowTally`]. None until the
+    /// first check.
+    pub tally: Option<WindowTally>,
+}
+
+/// `counted` = the `guard_actions` rows with bypass = 0 and `at >= since`. Every write of
+/// `guard_actions` keeps it exact (under the guard row's lock), so a check moves it to the
+/// window's current start by counting only the rows in between, not the whole window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WindowTally {
+    pub counted: i64,
+    pub since: String,
 }
 
 fn guard_row(r: &AnyRow) -> Result<GuardRow, sqlx::Error> {
+    let counted: Option<i64> = r.try_get("counted")?;
+    let since: Option<String> = r.try_get("counted_since")?;
     Ok(GuardRow {
         tripped: r.try_get::<i64, _>("tripped")? != 0,
         tripped_at: r.try_get("tripped_at")?,
         trip_reason: r.try_get("trip_reason")?,
         window_start: r.try_get("window_start")?,
+        tally: counted
+            .zip(since)
+            .map(|(counted, since)| WindowTally { counted, since }),
     })
 }
 
@@ -82,7 +99,7 @@ pub async fn lock_guard(
     let row = sqlx::query(
         "INSERT INTO guard_state (tenant_id, tripped) VALUES ($1, 0) \
          ON CONFLICT (tenant_id) DO UPDATE SET tripped = guard_state.tripped \
-         RETURNING tripped, tripped_at, trip_reason, window_start",
+         RETURNING tripped, tripped_at, trip_reason, window_start, counted, counted_since",
     )
     .bind(tenant_id)
     .fetch_one(&mut *conn)
@@ -92,7 +109,8 @@ pub async fn lock_guard(
 
 pub async fn read_guard(db: &Db, tenant_id: &str) -> Result<GuardRow, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT tripped, tripped_at, trip_reason, window_start FROM guard_state WHERE tenant_id = $1",
+        "SELECT tripped, tripped_at, trip_reason, window_start, counted, counted_since \
+         FROM guard_state WHERE tenant_id = $1",
     )
     .bind(tenant_id)
     .fetch_optional(&db.pool)
@@ -101,33 +119,6 @@ pub async fn read_guard(db: &Db, tenant_id: &str) -> Result<GuardRow, sqlx::Erro
         .map(guard_row)
         .transpose()
         .map(Option::unwrap_or_default)
-}
-
-/// Whether `user_id` already counts in the window that starts at `since`, and how many distinct
-/// users do, counting no further than `limit`: the guard only needs to know whether a bound is
-/// reached, and an unbounded count would walk the whole window on every destructive converge.
-/// One statement: this runs inside every destructive converge's transaction.
-pub async fn window_users(
-    conn: &mut AnyConnection,
-    tenant_id: &str,
-    since: &str,
-    user_id: &str,
-    limit: i64,
-) -> Result<(bool, i64), sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM guard_actions WHERE tenant_id = $1 \
-           AND user_id = $3 AND at >= $2 AND bypass = 0) THEN 1 ELSE 0 END AS BIGINT), \
-         (SELECT COUNT(*) FROM (SELECT 1 FROM guard_actions WHERE tenant_id = $1 AND at >= $2 \
-           AND bypass = 0 LIMIT $4) w)",
-    )
-    .bind(tenant_id)
-    .bind(since)
-    .bind(user_id)
-    .bind(limit.max(0))
-    .fetch_one(&mut *conn)
-    .await?;
-    let counted: i64 = row.try_get(0)?;
-    Ok((counted == 1, row.try_get(1)?))
 }
 
 /// Distinct counted users since `since` (status display).
@@ -142,29 +133,91 @@ pub async fn window_count(db: &Db, tenant_id: &str, since: &str) -> Result<i64, 
     row.try_get(0)
 }
 
-/// Records that `user_id`'s destructive actions ran now (one row per user: the latest).
+/// A user's row in the window table: when their destructive actions last ran, and whether
+/// that run bypassed the guard (a release).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardActionRow {
+    pub at: String,
+    pub bypass: bool,
+}
+
+/// Rows that count (bypass = 0) with `from <= at < to`.
+#[derive(Debug, Clone, Copy)]
+pub enum CountRange<'a> {
+    /// `at >= from`: tallies a whole window (the first check of a tenant).
+    From(&'a str),
+    Between(&'a str, &'a str),
+}
+
+/// One statement for the check: `user_id`'s row, and how many counting rows fall in `range`.
+pub async fn guard_window_read(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    user_id: &str,
+    range: CountRange<'_>,
+) -> Result<(Option<GuardActionRow>, i64), sqlx::Error> {
+    // Two texts rather than one with an OR: the bounded count must stop walking the index at
+    // `to` (everything after it is the window's bulk).
+    let (bound, from, to) = match range {
+        CountRange::From(from) => ("", from, None),
+        CountRange::Between(from, to) => (" AND at < $4", from, Some(to)),
+    };
+    let sql = format!(
+        "SELECT (SELECT at FROM guard_actions WHERE tenant_id = $1 AND user_id = $2), \
+         (SELECT bypass FROM guard_actions WHERE tenant_id = $1 AND user_id = $2), \
+         (SELECT COUNT(*) FROM guard_actions WHERE tenant_id = $1 AND at >= $3{bound} \
+           AND bypass = 0)"
+    );
+    let mut q = sqlx::query(&sql).bind(tenant_id).bind(user_id).bind(from);
+    if let Some(to) = to {
+        q = q.bind(to);
+    }
+    let row = q.fetch_one(&mut *conn).await?;
+    let at: Option<String> = row.try_get(0)?;
+    let bypass: Option<i64> = row.try_get(1)?;
+    let user = at.map(|at| GuardActionRow {
+        at,
+        bypass: bypass.unwrap_or(0) != 0,
+    });
+    Ok((user, row.try_get(2)?))
+}
+
+/// Records that `user_id`'s destructive actions ran at `at` (one row per user: the latest) and
+/// stores the tally that includes it, in one round trip.
+#[allow(clippy::too_many_arguments)]
 pub async fn record_guard_action(
     conn: &mut AnyConnection,
     tenant_id: &str,
     user_id: &str,
+    at: &str,
     actions: i64,
     bypass: bool,
+    tally: &WindowTally,
     prune_before: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO guard_actions (tenant_id, user_id, at, actions, bypass) \
+    let upsert = "INSERT INTO guard_actions (tenant_id, user_id, at, actions, bypass) \
          VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (tenant_id, user_id) DO UPDATE SET at = excluded.at, \
-         actions = excluded.actions, bypass = excluded.bypass",
-    )
-    .bind(tenant_id)
-    .bind(user_id)
-    .bind(now_ts())
-    .bind(actions)
-    .bind(bypass as i64)
-    .execute(&mut *conn)
-    .await?;
+         actions = excluded.actions, bypass = excluded.bypass";
+    let set_tally = "UPDATE guard_state SET counted = $6, counted_since = $7 WHERE tenant_id = $1";
+    let sql = if crate::jobs::store::is_postgres(conn) {
+        format!("WITH a AS ({upsert} RETURNING 1) {set_tally}")
+    } else {
+        format!("{upsert}; {set_tally}")
+    };
+    sqlx::query(&sql)
+        .bind(tenant_id)
+        .bind(user_id)
+        .bind(at)
+        .bind(actions)
+        .bind(bypass as i64)
+        .bind(tally.counted)
+        .bind(&tally.since)
+        .execute(&mut *conn)
+        .await?;
     if let Some(before) = prune_before {
+        // Rows a day old are long out of the window (and before the tally's start): deleting
+        // them changes no count.
         sqlx::query("DELETE FROM guard_actions WHERE tenant_id = $1 AND at < $2")
             .bind(tenant_id)
             .bind(before)

@@ -175,6 +175,12 @@ pub async fn lease_with(
     let limit = n.clamp(1, 1000) as i64;
     db.write(move |conn: &mut AnyConnection| {
         Box::pin(async move {
+            if is_postgres(conn) {
+                // A lease need not survive a crash (the job would just be leased again), so
+                // its commit does not wait for the WAL flush. Whatever the leased job then
+                // does commits synchronously, and that flush covers the lease too.
+                crate::store::exec(conn, "SET LOCAL synchronous_commit = off").await?;
+            }
             let now = now_ts();
             // Both statements take ($1 lease end, $2 worker, $3 now, $4 how many).
             let mut rows = Vec::new();

@@ -76,6 +76,18 @@ pub const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0011_member_index.sql"),
         include_str!("../../migrations/postgres/0011_member_index.sql"),
     ),
+    (
+        12,
+        "audit_pending",
+        include_str!("../../migrations/sqlite/0012_audit_pending.sql"),
+        include_str!("../../migrations/postgres/0012_audit_pending.sql"),
+    ),
+    (
+        13,
+        "guard_tally",
+        include_str!("../../migrations/sqlite/0013_guard_tally.sql"),
+        include_str!("../../migrations/postgres/0013_guard_tally.sql"),
+    ),
 ];
 
 /// Key of the PostgreSQL advisory lock held while migrating ("deprovd" in ASCII).

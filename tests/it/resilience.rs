@@ -274,6 +274,8 @@ async fn audit_verify_names_an_edited_deleted_or_reordered_entry() {
     }
     for app in apps().await {
         three_changes(&app, "evidence2@example.com").await;
+        // Verifying links what is pending (PostgreSQL), so the rows below exist to tamper with.
+        assert!(audit_verify(&app).await.0, "[{}] clean chain", app.engine);
         sqlx::query("DELETE FROM audit_log WHERE seq = 2")
             .execute(&app.state.db.pool)
             .await
@@ -283,6 +285,7 @@ async fn audit_verify_names_an_edited_deleted_or_reordered_entry() {
     }
     for app in apps().await {
         three_changes(&app, "evidence3@example.com").await;
+        assert!(audit_verify(&app).await.0, "[{}] clean chain", app.engine);
         // swap two entries' positions
         let pool = &app.state.db.pool;
         sqlx::query("UPDATE audit_log SET seq = -1 WHERE seq = 2")
