@@ -118,6 +118,10 @@ struct Args {
     /// deprovision phase: SCIM deactivations sent per second (paced, not closed-loop).
     #[arg(long, default_value_t = 500)]
     deprovision_rate: u64,
+    /// Make the guard's percentage bound apply from the first user (100 % of the tenant, so it
+    /// still never trips): every destructive converge then needs the percentage base.
+    #[arg(long)]
+    percent_guard: bool,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -218,7 +222,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
 
     // The bench policy, while the directory is empty (setting it converges every user).
     let policy_file = work.path.join("bench-policy.toml");
-    std::fs::write(&policy_file, BENCH_POLICY)?;
+    let policy = bench_policy(args.percent_guard);
+    std::fs::write(&policy_file, policy)?;
     let with_deprovision = phases.iter().any(|p| p == "deprovision");
     if let Err(e) = cli_policy_set(&server_bin, &db_url, master_key.as_deref(), &policy_file) {
         if with_deprovision {
@@ -716,6 +721,18 @@ max_destructive_per_15m = 1000000000
 max_destructive_percent_per_15m = 100
 percent_applies_above = 1000000000
 "#;
+
+/// [`BENCH_POLICY`], with the percentage bound applying from the first user when asked.
+fn bench_policy(percent_guard: bool) -> String {
+    if percent_guard {
+        BENCH_POLICY.replace(
+            "percent_applies_above = 1000000000",
+            "percent_applies_above = 0",
+        )
+    } else {
+        BENCH_POLICY.to_string()
+    }
+}
 
 /// `deprovd policy set FILE --tenant default`.
 fn cli_policy_set(
@@ -1778,6 +1795,14 @@ mod tests {
         assert!(judge(Op::Patch, 204, b"").is_err());
         assert!(judge(Op::Create, 201, b"{}").is_ok());
         assert!(judge(Op::Create, 409, b"{}").is_err());
+    }
+
+    #[test]
+    fn both_bench_policies_parse_and_differ_in_the_percentage_floor() {
+        let plain = deprovd::policy::parse::parse_policy(&bench_policy(false)).unwrap();
+        let percent = deprovd::policy::parse::parse_policy(&bench_policy(true)).unwrap();
+        assert_eq!(plain.guard.percent_applies_above, 1_000_000_000);
+        assert_eq!(percent.guard.percent_applies_above, 0);
     }
 
     #[test]

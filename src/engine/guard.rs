@@ -151,14 +151,14 @@ pub async fn check(
     if !already {
         let count = counted;
         // The percentage base costs a count over the tenant's users: only read it when the
-        // percentage bound can apply.
+        // percentage bound can apply, and at most once a minute (see `percentage_base`).
         let floor = i64::try_from(rule.percent_applies_above).unwrap_or(i64::MAX);
-        let active = if count + 1 > floor {
-            store::count_active_users(conn, tenant_id).await?
+        let base = if count + 1 > floor {
+            percentage_base(conn, tenant_id, &row, count, now).await?
         } else {
             0
         };
-        if let Some(reason) = exceeds(count + 1, active + count, rule) {
+        if let Some(reason) = exceeds(count + 1, base, rule) {
             store::set_tripped(conn, tenant_id, &reason).await?;
             return Ok(Verdict::Quarantine {
                 tripped_now: true,
@@ -179,6 +179,35 @@ pub async fn check(
     )
     .await?;
     Ok(Verdict::Execute)
+}
+
+/// How long a counted percentage base is used before it is counted again.
+const BASE_TTL_SECONDS: i64 = 60;
+
+/// The percentage base: the tenant's active users plus the `counted` users of the window
+/// (mostly active before it began: a mass deactivation must not shrink its own denominator).
+/// Counting the active users walks the tenant's users, so the base is kept on the guard row and
+/// counted again only when it is a minute old. It barely moves meanwhile: a user deactivated
+/// leaves the active count and enters the window's. Users created or deleted within the minute
+/// are what it can miss.
+async fn percentage_base(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    row: &GuardRow,
+    counted: i64,
+    now: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    let fresh_after = ts_from(now - Duration::seconds(BASE_TTL_SECONDS));
+    let now_text = ts_from(now);
+    if let Some((users, at)) = &row.base {
+        // A base stamped in the future (another replica's clock) is counted again too.
+        if *at >= fresh_after && *at <= now_text {
+            return Ok(*users);
+        }
+    }
+    let users = store::count_active_users(conn, tenant_id).await? + counted;
+    store::set_guard_base(conn, tenant_id, users, &now_text).await?;
+    Ok(users)
 }
 
 /// A tenant's guard, for `guard status` and the admin API.
@@ -381,6 +410,42 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    /// The percentage base is counted when the bound first applies and again once it is a
+    /// minute old; in between the stored one is used.
+    #[tokio::test]
+    async fn percentage_base_is_counted_at_most_once_a_minute() {
+        for db in crate::store::testing::fresh_dbs().await {
+            let start = Utc::now();
+            let check_at = |user: &'static str, offset_s: i64| {
+                let db = db.clone();
+                async move {
+                    let now = start + Duration::seconds(offset_s);
+                    let r = rule(1_000_000, 1e9, 0);
+                    let verdict = db
+                        .write(move |conn: &mut AnyConnection| {
+                            Box::pin(async move {
+                                Ok::<_, StoreError>(
+                                    check(conn, "t", user, 1, &r, false, now).await?,
+                                )
+                            })
+                        })
+                        .await
+                        .unwrap();
+                    assert_eq!(verdict, Verdict::Execute);
+                    store::read_guard(&db, "t").await.unwrap().base.unwrap()
+                }
+            };
+            // No active users: the base is what the window counted (0 at the first check).
+            let first = check_at("a", 0).await;
+            assert_eq!(first, (0, ts_from(start)));
+            // Within the minute the stored base is used, though the window grew.
+            assert_eq!(check_at("b", 30).await, first);
+            // A minute later it is counted again: two users in the window now.
+            let later = check_at("c", 61).await;
+            assert_eq!(later, (2, ts_from(start + Duration::seconds(61))));
+        }
     }
 
     /// The running count equals a full count of the window after every check, whatever the

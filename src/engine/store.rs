@@ -64,6 +64,8 @@ pub struct GuardRow {
     /// The running count: (users counted, since when); see [`WindowTally`]. None until the
     /// first check.
     pub tally: Option<WindowTally>,
+    /// The percentage base as last counted: (users, when).
+    pub base: Option<(i64, String)>,
 }
 
 /// `counted` = the `guard_actions` rows with bypass = 0 and `at >= since`. Every write of
@@ -86,6 +88,9 @@ fn guard_row(r: &AnyRow) -> Result<GuardRow, sqlx::Error> {
         tally: counted
             .zip(since)
             .map(|(counted, since)| WindowTally { counted, since }),
+        base: r
+            .try_get::<Option<i64>, _>("base_users")?
+            .zip(r.try_get::<Option<String>, _>("base_at")?),
     })
 }
 
@@ -99,7 +104,8 @@ pub async fn lock_guard(
     let row = sqlx::query(
         "INSERT INTO guard_state (tenant_id, tripped) VALUES ($1, 0) \
          ON CONFLICT (tenant_id) DO UPDATE SET tripped = guard_state.tripped \
-         RETURNING tripped, tripped_at, trip_reason, window_start, counted, counted_since",
+         RETURNING tripped, tripped_at, trip_reason, window_start, counted, counted_since, \
+         base_users, base_at",
     )
     .bind(tenant_id)
     .fetch_one(&mut *conn)
@@ -109,8 +115,8 @@ pub async fn lock_guard(
 
 pub async fn read_guard(db: &Db, tenant_id: &str) -> Result<GuardRow, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT tripped, tripped_at, trip_reason, window_start, counted, counted_since \
-         FROM guard_state WHERE tenant_id = $1",
+        "SELECT tripped, tripped_at, trip_reason, window_start, counted, counted_since, \
+         base_users, base_at FROM guard_state WHERE tenant_id = $1",
     )
     .bind(tenant_id)
     .fetch_optional(&db.pool)
@@ -224,6 +230,22 @@ pub async fn record_guard_action(
             .execute(&mut *conn)
             .await?;
     }
+    Ok(())
+}
+
+/// Stores the percentage base just counted.
+pub async fn set_guard_base(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    users: i64,
+    at: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE guard_state SET base_users = $2, base_at = $3 WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .bind(users)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

@@ -88,6 +88,12 @@ pub const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0013_guard_tally.sql"),
         include_str!("../../migrations/postgres/0013_guard_tally.sql"),
     ),
+    (
+        14,
+        "guard_base",
+        include_str!("../../migrations/sqlite/0014_guard_base.sql"),
+        include_str!("../../migrations/postgres/0014_guard_base.sql"),
+    ),
 ];
 
 /// Key of the PostgreSQL advisory lock held while migrating ("deprovd" in ASCII).
