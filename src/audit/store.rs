@@ -276,6 +276,13 @@ pub async fn link_pending(db: &Db, tenant: Option<&str>) -> Result<u64, StoreErr
     Ok(linked)
 }
 
+/// Entries committed and not yet linked (for /metrics).
+pub async fn pending_count(db: &Db) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM audit_pending")
+        .fetch_one(&db.pool)
+        .await
+}
+
 /// One chainer transaction: lock the head, take up to `limit` of the tenant's oldest pending
 /// entries and link them in `pending_id` order.
 async fn link_batch(

@@ -181,7 +181,17 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 async fn metrics_endpoint(state: web::Data<AppState>) -> HttpResponse {
     let (size, idle) = state.db.pool_stats();
     let (batches, ops) = state.db.write_stats();
+    // Entries waiting for the chainer (PostgreSQL): a number that keeps growing means the
+    // chain is not being linked. -1 when it cannot be read.
+    let audit_pending = crate::audit::store::pending_count(&state.db)
+        .await
+        .map_or(-1.0, |n| n as f64);
     let body = state.metrics.render(&[
+        (
+            "deprovd_audit_pending",
+            "Audit entries committed but not yet linked into their hash chain.",
+            audit_pending,
+        ),
         (
             "deprovd_db_pool_connections",
             "Open database connections.",

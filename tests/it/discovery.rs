@@ -77,6 +77,11 @@ async fn health_ready_metrics() {
     );
     assert!(text.contains("deprovd_http_request_duration_seconds_bucket"));
     assert!(text.contains("deprovd_db_pool_connections"));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("deprovd_audit_pending ") && !l.ends_with(" -1")),
+        "{text}"
+    );
     // The database holds token hashes and encrypted secrets: owner-only.
     use std::os::unix::fs::PermissionsExt;
     let path = app.database_url.trim_start_matches("sqlite://");
