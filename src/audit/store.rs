@@ -53,22 +53,20 @@ impl Unlinked {
         }
     }
 
-    fn from_pending(row: &AnyRow) -> Result<(i64, Unlinked), sqlx::Error> {
-        Ok((
-            row.try_get("pending_id")?,
-            Unlinked {
-                id: row.try_get("id")?,
-                at: row.try_get("at")?,
-                kind: row.try_get("kind")?,
-                actor_kind: row.try_get("actor_kind")?,
-                actor_id: row.try_get("actor_id")?,
-                actor_name: row.try_get("actor_name")?,
-                client_ip: row.try_get("client_ip")?,
-                request_id: row.try_get("request_id")?,
-                subject: row.try_get("subject")?,
-                detail: row.try_get("detail")?,
-            },
-        ))
+    /// The entry columns of an `audit_log` or `audit_pending` row.
+    fn from_row(row: &AnyRow) -> Result<Unlinked, sqlx::Error> {
+        Ok(Unlinked {
+            id: row.try_get("id")?,
+            at: row.try_get("at")?,
+            kind: row.try_get("kind")?,
+            actor_kind: row.try_get("actor_kind")?,
+            actor_id: row.try_get("actor_id")?,
+            actor_name: row.try_get("actor_name")?,
+            client_ip: row.try_get("client_ip")?,
+            request_id: row.try_get("request_id")?,
+            subject: row.try_get("subject")?,
+            detail: row.try_get("detail")?,
+        })
     }
 }
 
@@ -313,8 +311,8 @@ async fn link_batch(
     .await?;
     let mut pending = rows
         .iter()
-        .map(Unlinked::from_pending)
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|r| Ok((r.try_get::<i64, _>("pending_id")?, Unlinked::from_row(r)?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
     pending.sort_by_key(|(id, _)| *id);
     let entries: Vec<Unlinked> = pending.into_iter().map(|(_, e)| e).collect();
     let engine = if crate::jobs::store::is_postgres(conn) {
@@ -331,23 +329,23 @@ async fn link_batch(
 }
 
 fn record(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {
-    let detail_text: String = row.try_get("detail")?;
+    let e = Unlinked::from_row(row)?;
     Ok(AuditRecord {
         tenant_id: row.try_get("tenant_id")?,
         seq: row.try_get("seq")?,
-        id: row.try_get("id")?,
-        at: row.try_get("at")?,
-        kind: row.try_get("kind")?,
-        actor_kind: row.try_get("actor_kind")?,
-        actor_id: row.try_get("actor_id")?,
-        actor_name: row.try_get("actor_name")?,
-        client_ip: row.try_get("client_ip")?,
-        request_id: row.try_get("request_id")?,
-        subject: row.try_get("subject")?,
+        id: e.id,
+        at: e.at,
+        kind: e.kind,
+        actor_kind: e.actor_kind,
+        actor_id: e.actor_id,
+        actor_name: e.actor_name,
+        client_ip: e.client_ip,
+        request_id: e.request_id,
+        subject: e.subject,
         // A row edited into invalid JSON still lists (as a string); verify flags it anyway.
-        detail: serde_json::from_str(&detail_text)
-            .unwrap_or_else(|_| serde_json::Value::String(detail_text.clone())),
-        detail_text,
+        detail: serde_json::from_str(&e.detail)
+            .unwrap_or_else(|_| serde_json::Value::String(e.detail.clone())),
+        detail_text: e.detail,
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,
     })

@@ -45,6 +45,16 @@ async fn seeded() -> Vec<Db> {
     dbs
 }
 
+/// The `n` of each listed entry of `tenant`, in chain order.
+async fn listed_ns(db: &Db, tenant: &str, limit: i64) -> Vec<i64> {
+    list(db, tenant, &ListFilter::default(), limit, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.detail["n"].as_i64().unwrap())
+        .collect()
+}
+
 fn bad(r: &VerifyReport) -> (String, i64, String) {
     assert!(!r.ok, "expected a bad chain, got {r:?}");
     r.first_bad.clone().unwrap()
@@ -403,15 +413,8 @@ async fn batched_appends_span_chunks_and_interleave_with_single_ones() {
         let r = verify(&db, Some("m")).await.unwrap();
         assert!(r.ok, "{r:?}");
         assert_eq!(r.entries, 72);
-        let rows = list(&db, "m", &ListFilter::default(), 1000, None)
-            .await
-            .unwrap();
-        let ns: Vec<i64> = rows
-            .iter()
-            .map(|r| r.detail["n"].as_i64().unwrap())
-            .collect();
         assert_eq!(
-            ns,
+            listed_ns(&db, "m", 1000).await,
             (0..=71).collect::<Vec<_>>(),
             "chain order is append order"
         );
@@ -464,14 +467,10 @@ async fn pending_entries_appear_when_committed_and_never_when_rolled_back() {
             crate::store::Engine::Sqlite => assert_eq!((pending, linked), (0, 2)),
         }
         // The reader links first: both entries, in order, nothing of the rolled-back one.
+        assert_eq!(listed_ns(&db, "p", 10).await, vec![1, 3]);
         let rows = list(&db, "p", &ListFilter::default(), 10, None)
             .await
             .unwrap();
-        let ns: Vec<i64> = rows
-            .iter()
-            .map(|r| r.detail["n"].as_i64().unwrap())
-            .collect();
-        assert_eq!(ns, vec![1, 3]);
         assert_eq!(rows[1].prev_hash, rows[0].hash);
         let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_pending")
             .fetch_one(&db.pool)
