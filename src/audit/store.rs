@@ -53,6 +53,23 @@ impl Unlinked {
         }
     }
 
+    /// Binds the entry columns, `id` to `detail`, in table order.
+    fn bind_to<'q>(
+        &'q self,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        q.bind(&self.id)
+            .bind(&self.at)
+            .bind(&self.kind)
+            .bind(&self.actor_kind)
+            .bind(&self.actor_id)
+            .bind(&self.actor_name)
+            .bind(self.client_ip.as_deref())
+            .bind(self.request_id.as_deref())
+            .bind(self.subject.as_deref())
+            .bind(&self.detail)
+    }
+
     /// The entry columns of an `audit_log` or `audit_pending` row.
     fn from_row(row: &AnyRow) -> Result<Unlinked, sqlx::Error> {
         Ok(Unlinked {
@@ -148,18 +165,7 @@ async fn insert_pending(
     );
     let mut q = sqlx::query(&sql);
     for e in entries {
-        q = q
-            .bind(tenant_id)
-            .bind(&e.id)
-            .bind(&e.at)
-            .bind(&e.kind)
-            .bind(&e.actor_kind)
-            .bind(&e.actor_id)
-            .bind(&e.actor_name)
-            .bind(e.client_ip.clone())
-            .bind(e.request_id.clone())
-            .bind(e.subject.clone())
-            .bind(&e.detail);
+        q = e.bind_to(q.bind(tenant_id));
     }
     q.execute(&mut *conn).await?;
     Ok(())
@@ -213,19 +219,8 @@ async fn link(
     };
     let mut q = sqlx::query(&sql);
     for ((seq, prev, hash), e) in links.iter().zip(entries) {
-        q = q
-            .bind(tenant_id)
-            .bind(*seq)
-            .bind(&e.id)
-            .bind(&e.at)
-            .bind(&e.kind)
-            .bind(&e.actor_kind)
-            .bind(&e.actor_id)
-            .bind(&e.actor_name)
-            .bind(e.client_ip.clone())
-            .bind(e.request_id.clone())
-            .bind(e.subject.clone())
-            .bind(&e.detail)
+        q = e
+            .bind_to(q.bind(tenant_id).bind(*seq))
             .bind(prev)
             .bind(hash);
     }
