@@ -395,8 +395,9 @@ pub async fn chain_head(db: &Db, tenant_id: &str) -> Result<Option<(i64, String)
 ///
 /// Detects: an edited entry (its hash no longer matches its fields), a removed entry (a gap in
 /// seq), a reordered or replaced entry (its `prev_hash` does not match the previous entry's hash,
-/// or its hash does not cover its new seq), and entries cut off the end (the chain head in
-/// `audit_heads` points past the last entry).
+/// or its hash does not cover its new seq), entries cut off the end (the chain head in
+/// `audit_heads` points past the last entry), and entries added past the head. Safe on a live
+/// log: entries written while it reads are not mistaken for tampering.
 pub async fn verify(db: &Db, tenant: Option<&str>) -> Result<VerifyReport, StoreError> {
     // Entries committed but not linked yet are part of the log: link them, then check.
     link_pending(db, tenant).await?;
@@ -426,11 +427,17 @@ async fn verify_chain(
     tenant_id: &str,
     entries: &mut u64,
 ) -> Result<Option<(i64, String)>, sqlx::Error> {
+    // The head is read before the entries: the log stays live while it is verified (writers on
+    // SQLite, the chainer on PostgreSQL), and an entry linked meanwhile moves the head past
+    // what we read. An entry past the head we read makes us read the head again; only an
+    // entry still past it is out of place. (Entries and their head commit together, so no
+    // reader sees a head ahead of its entries.)
+    let mut bound = head(db, tenant_id).await?;
     let mut expected: i64 = 1;
     let mut prev = GENESIS.to_string();
     loop {
         let rows = page(db, tenant_id, expected - 1, PAGE).await?;
-        let done = (rows.len() as i64) < PAGE;
+        let got = rows.len() as i64;
         for r in rows {
             *entries += 1;
             if r.seq != expected {
@@ -443,6 +450,25 @@ async fn verify_chain(
                         r.seq
                     ),
                 )));
+            }
+            if bound.as_ref().is_none_or(|(seq, _)| r.seq > *seq) {
+                bound = head(db, tenant_id).await?;
+                match &bound {
+                    None => {
+                        return Ok(Some((r.seq, "the chain head is missing".into())));
+                    }
+                    Some((seq, _)) if r.seq > *seq => {
+                        return Ok(Some((
+                            r.seq,
+                            format!(
+                                "entry {} is past the chain head (seq {seq}): it was added \
+                                 outside deprovd",
+                                r.seq
+                            ),
+                        )));
+                    }
+                    Some(_) => {}
+                }
             }
             if r.prev_hash != prev {
                 return Ok(Some((
@@ -463,13 +489,19 @@ async fn verify_chain(
             prev = r.hash;
             expected += 1;
         }
-        if done {
+        if got == PAGE {
+            continue;
+        }
+        // A short page ends the walk unless the head read during it is further on: those
+        // entries committed before that read, so one more page must hold them (if it holds
+        // nothing, they are gone).
+        let head_seq = bound.as_ref().map_or(0, |(seq, _)| *seq);
+        if expected - 1 >= head_seq || got == 0 {
             break;
         }
     }
     let last = expected - 1;
-    match head(db, tenant_id).await? {
-        None if last > 0 => Ok(Some((last, "the chain head is missing".into()))),
+    match bound {
         None => Ok(None),
         Some((head_seq, _)) if head_seq > last => Ok(Some((
             last + 1,
@@ -478,7 +510,7 @@ async fn verify_chain(
                 last + 1
             ),
         ))),
-        Some((head_seq, head_hash)) if head_seq != last || head_hash != prev => Ok(Some((
+        Some((head_seq, head_hash)) if head_hash != prev => Ok(Some((
             last,
             format!("the chain head (seq {head_seq}) does not match the last entry (seq {last})"),
         ))),

@@ -232,6 +232,63 @@ async fn truncated_end_is_detected_against_the_head() {
 }
 
 #[tokio::test]
+async fn an_entry_past_the_head_or_a_missing_head_is_detected() {
+    for db in seeded().await {
+        // A well-formed entry 6 (its prev_hash is entry 5's hash) added behind deprovd's back.
+        exec(
+            &db,
+            "INSERT INTO audit_log (tenant_id, seq, id, at, kind, actor_kind, actor_id, \
+             actor_name, client_ip, request_id, subject, detail, prev_hash, hash) \
+             SELECT tenant_id, 6, 'forged', at, kind, actor_kind, actor_id, actor_name, \
+             client_ip, request_id, subject, detail, hash, hash FROM audit_log \
+             WHERE tenant_id = 'a' AND seq = 5",
+        )
+        .await;
+        let (t, seq, why) = bad(&verify(&db, Some("a")).await.unwrap());
+        assert_eq!((t.as_str(), seq), ("a", 6));
+        assert!(why.contains("past the chain head"), "{why}");
+    }
+    for db in seeded().await {
+        exec(&db, "DELETE FROM audit_heads WHERE tenant_id = 'b'").await;
+        let (t, seq, why) = bad(&verify(&db, None).await.unwrap());
+        assert_eq!((t.as_str(), seq), ("b", 1));
+        assert!(why.contains("head is missing"), "{why}");
+    }
+}
+
+/// `audit verify` against a live log: entries keep being written (and, on PostgreSQL, linked)
+/// while it reads, and it never mistakes them for tampering.
+#[tokio::test]
+async fn verify_while_entries_are_written_reports_no_tampering() {
+    for db in fresh_dbs().await {
+        let chainer = chainer::spawn(db.clone());
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    for i in 0..150 {
+                        add(&db, "live", entry("w", None, w * 1000 + i)).await;
+                    }
+                })
+            })
+            .collect();
+        let mut checks = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            let r = verify(&db, Some("live")).await.unwrap();
+            assert!(r.ok, "{:?}: {r:?}", db.engine);
+            checks += 1;
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        chainer.abort();
+        let r = verify(&db, Some("live")).await.unwrap();
+        assert!(r.ok && r.entries == 600, "{r:?}");
+        assert!(checks > 1, "verify ran while writing");
+    }
+}
+
+#[tokio::test]
 async fn concurrent_appends_make_one_gapless_chain() {
     for db in fresh_dbs().await {
         let mut tasks = Vec::new();
