@@ -63,11 +63,24 @@ async fn resolve_user(
     tenant_id: &str,
     user_name: &str,
 ) -> Result<(String, String), String> {
-    let user = crate::directory::Directory::new(db.clone())
+    find_user(db, tenant_id, user_name)
+        .await?
+        .ok_or_else(|| format!("no user with userName {user_name:?} in this tenant"))
+}
+
+/// [`resolve_user`], None when no live user has that name.
+async fn find_user(
+    db: &Db,
+    tenant_id: &str,
+    user_name: &str,
+) -> Result<Option<(String, String)>, String> {
+    let Some(user) = crate::directory::Directory::new(db.clone())
         .find_user_by_user_name(tenant_id, user_name)
         .await
         .map_err(|e| format!("database error: {e}"))?
-        .ok_or_else(|| format!("no user with userName {user_name:?} in this tenant"))?;
+    else {
+        return Ok(None);
+    };
     let (policy, _) = crate::policy::current_policy(db, tenant_id)
         .await
         .map_err(|e| e.to_string())?;
@@ -77,7 +90,39 @@ async fn resolve_user(
             policy.link_by.as_str()
         )
     })?;
-    Ok((user.id, key))
+    Ok(Some((user.id, key)))
+}
+
+/// The factor-store key whose factors `factors list --user` shows: the live user's; or, when
+/// no live user has the name and the tenant links by userName, the name itself, so a deleted
+/// user's factors (kept, revoked, as evidence) can still be listed by name. True when the
+/// user is live.
+async fn listing_key(db: &Db, tenant_id: &str, user_name: &str) -> Result<(String, bool), String> {
+    if let Some((_, key)) = find_user(db, tenant_id, user_name).await? {
+        return Ok((key, true));
+    }
+    let (policy, _) = crate::policy::current_policy(db, tenant_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let not_found = format!(
+        "no user with userName {user_name:?} in this tenant (a deleted user's factors: \
+         GET /admin/v1/users/{{id}}/factors with their SCIM id)"
+    );
+    if policy.link_by != crate::policy::LinkBy::UserName {
+        return Err(not_found);
+    }
+    let key = link_key(
+        &serde_json::json!({ "userName": user_name }),
+        policy.link_by,
+    )
+    .ok_or_else(|| not_found.clone())?;
+    let held = factors::list(db, tenant_id, &key)
+        .await
+        .map_err(|e| e.to_string())?;
+    if held.is_empty() {
+        return Err(not_found);
+    }
+    Ok((key, false))
 }
 
 fn material(
@@ -104,7 +149,13 @@ pub async fn run(db: &Db, key: Arc<MasterKey>, cmd: FactorsCmd) -> Result<(), St
     match cmd {
         FactorsCmd::List { tenant, user, json } => {
             let t = super::tenant_named(db, &tenant).await?;
-            let (_, user_key) = resolve_user(db, &t.id, &user).await?;
+            let (user_key, live) = listing_key(db, &t.id, &user).await?;
+            if !live {
+                eprintln!(
+                    "no live user is called {user:?}: these are the factors the store keeps \
+                     under that userName (a deleted user's)"
+                );
+            }
             let list = factors::list(db, &t.id, &user_key)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -223,7 +274,7 @@ mod tests {
             let t = tenant.id.as_str();
             let dir = Directory::new(db.clone());
             let user = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "Erin@Example.com"});
-            dir.create_user(&Actor::system(t), user).await.unwrap();
+            let created = dir.create_user(&Actor::system(t), user).await.unwrap();
             let key = Arc::new(MasterKey::generate(KeySource::Ephemeral));
             let enroll = |ty: &str| FactorsCmd::Enroll {
                 tenant: "fx".into(),
@@ -295,7 +346,7 @@ mod tests {
             .is_err());
             assert!(run(
                 &db,
-                key,
+                key.clone(),
                 FactorsCmd::Revoke {
                     tenant: "nope".into(),
                     id: "x".into()
@@ -303,6 +354,32 @@ mod tests {
             )
             .await
             .is_err());
+
+            // Deleted: its factors stay in the store and are still listed by name; enrolling
+            // for it is refused; a name that never had factors is still unknown.
+            assert_eq!(
+                listing_key(&db, t, "Erin@Example.com").await.unwrap(),
+                ("erin@example.com".to_string(), true)
+            );
+            dir.delete_user(&Actor::system(t), t, &created.id, None)
+                .await
+                .unwrap();
+            assert_eq!(
+                listing_key(&db, t, "ERIN@example.com").await.unwrap(),
+                ("erin@example.com".to_string(), false)
+            );
+            let list = FactorsCmd::List {
+                tenant: "fx".into(),
+                user: "erin@example.com".into(),
+                json: true,
+            };
+            run(&db, key.clone(), list).await.unwrap();
+            assert!(run(&db, key.clone(), enroll("totp"))
+                .await
+                .unwrap_err()
+                .contains("no user"));
+            let why = listing_key(&db, t, "nobody").await.unwrap_err();
+            assert!(why.contains("/admin/v1/users/{id}/factors"), "{why}");
         }
     }
 }
