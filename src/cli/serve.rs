@@ -155,6 +155,7 @@ pub fn start_background(state: &AppState) -> Background {
         Default::default(),
     );
     let chainer = crate::audit::chainer::spawn(state.db.clone());
+    crate::engine::guard::prime_bases(&state.db);
     Background {
         workers,
         delivery,

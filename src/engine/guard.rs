@@ -70,10 +70,12 @@ fn window_start(row: &GuardRow, now: DateTime<Utc>) -> String {
 
 /// Decides, inside the converge's decision transaction, whether `user_id`'s `destructive`
 /// actions may run; counts them when they may. `bypass`: an admin released this user's
-/// quarantined actions (they run and do not count).
+/// quarantined actions (they run and do not count). `db` is the database `conn` belongs to,
+/// for counting the percentage base in the background (see [`percentage_base`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn check(
     conn: &mut AnyConnection,
+    db: &Db,
     tenant_id: &str,
     user_id: &str,
     destructive: usize,
@@ -154,7 +156,7 @@ pub async fn check(
         // percentage bound can apply, and at most once a minute (see `percentage_base`).
         let floor = i64::try_from(rule.percent_applies_above).unwrap_or(i64::MAX);
         let base = if count + 1 > floor {
-            percentage_base(conn, tenant_id, &row, count, now).await?
+            percentage_base(conn, db, tenant_id, &row, count, now).await?
         } else {
             0
         };
@@ -186,28 +188,105 @@ const BASE_TTL_SECONDS: i64 = 60;
 
 /// The percentage base: the tenant's active users plus the `counted` users of the window
 /// (mostly active before it began: a mass deactivation must not shrink its own denominator).
-/// Counting the active users walks the tenant's users, so the base is kept on the guard row and
-/// counted again only when it is a minute old. It barely moves meanwhile: a user deactivated
-/// leaves the active count and enters the window's. Users created or deleted within the minute
-/// are what it can miss.
+///
+/// Counting the active users walks the tenant's users (a million index entries at a million
+/// users), and inside the check it would hold the guard's lock, and every converge of the
+/// tenant, for as long. So the base is kept on the guard row; once it is a minute old, the
+/// check still uses it and a task of its own counts again outside the lock ([`refresh_base`]).
+/// It barely moves meanwhile: a user deactivated leaves the active count and enters the
+/// window's; users created or deleted since the last count are what it can miss. The server
+/// counts every tenant's base as it starts ([`prime_bases`]); only a check that finds none (a
+/// tenant created since) counts inside the check.
 async fn percentage_base(
     conn: &mut AnyConnection,
+    db: &Db,
     tenant_id: &str,
     row: &GuardRow,
     counted: i64,
     now: DateTime<Utc>,
 ) -> Result<i64, sqlx::Error> {
-    let fresh_after = ts_from(now - Duration::seconds(BASE_TTL_SECONDS));
-    let now_text = ts_from(now);
     if let Some((users, at)) = &row.base {
-        // A base stamped in the future (another replica's clock) is counted again too.
-        if *at >= fresh_after && *at <= now_text {
-            return Ok(*users);
+        let ttl = Duration::seconds(BASE_TTL_SECONDS);
+        // A base stamped well in the future (a replica's clock far off) is counted again too.
+        // Only well: converges in flight began before the last count's stamp, and a base
+        // "from the future" to them must not send every one of them counting again.
+        if *at < ts_from(now - ttl) || *at > ts_from(now + ttl) {
+            refresh_base_soon(db, tenant_id);
         }
+        return Ok(*users);
     }
-    let users = store::count_active_users(conn, tenant_id).await? + counted;
-    store::set_guard_base(conn, tenant_id, users, &now_text).await?;
+    tracing::debug!(
+        tenant = tenant_id,
+        "no percentage base yet: counting it in the check"
+    );
+    let users = store::count_active_users(&mut *conn, tenant_id).await? + counted;
+    store::set_guard_base(conn, tenant_id, users, &ts_from(now)).await?;
     Ok(users)
+}
+
+/// Starts [`refresh_base`] for the tenant unless one is already running in this process.
+fn refresh_base_soon(db: &Db, tenant_id: &str) {
+    static RUNNING: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    {
+        let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+        if running.iter().any(|t| t == tenant_id) {
+            return;
+        }
+        running.push(tenant_id.to_string());
+    }
+    let (db, tenant) = (db.clone(), tenant_id.to_string());
+    tokio::spawn(async move {
+        if let Err(e) = refresh_base(&db, &tenant).await {
+            // The old base stays in use; the next check asks again.
+            tracing::warn!(tenant = %tenant, error = %e, "cannot count the guard's percentage base");
+        }
+        RUNNING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|t| *t != tenant);
+    });
+}
+
+/// Counts every tenant's percentage base in the background, so that not even a tenant's first
+/// check has to count it under the guard's lock (the server does this as it starts).
+pub fn prime_bases(db: &Db) {
+    let db = db.clone();
+    tokio::spawn(async move {
+        let tenants = match crate::store::tenants::list_tenants(&db.pool).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list tenants to count the guard's bases");
+                return;
+            }
+        };
+        for t in tenants {
+            if let Err(e) = refresh_base(&db, &t.id).await {
+                tracing::warn!(tenant = %t.id, error = %e, "cannot count the guard's percentage base");
+            }
+        }
+    });
+}
+
+/// Counts the tenant's active users (a read outside any transaction: no lock is held while it
+/// walks them) and stores the percentage base with the window's count as of the update.
+pub async fn refresh_base(db: &Db, tenant_id: &str) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let at = ts_from(Utc::now());
+    let active = store::count_active_users(&db.pool, tenant_id).await?;
+    tracing::debug!(
+        tenant = tenant_id,
+        active,
+        ms = started.elapsed().as_millis() as u64,
+        "counted the guard's percentage base"
+    );
+    let tenant = tenant_id.to_string();
+    db.write(move |conn: &mut AnyConnection| {
+        Box::pin(async move {
+            store::set_guard_base_from_active(conn, &tenant, active, &at).await?;
+            Ok::<_, StoreError>(())
+        })
+    })
+    .await
 }
 
 /// A tenant's guard, for `guard status` and the admin API.
@@ -403,19 +482,20 @@ mod tests {
 
     async fn check_once(db: &Db, user: &str, bypass: bool, now: DateTime<Utc>) -> Verdict {
         let (user, rule) = (user.to_string(), rule(1_000_000, 100.0, 1_000_000));
+        let handle = db.clone();
         db.write(move |conn: &mut AnyConnection| {
             Box::pin(async move {
-                Ok::<_, StoreError>(check(conn, "t", &user, 2, &rule, bypass, now).await?)
+                Ok::<_, StoreError>(check(conn, &handle, "t", &user, 2, &rule, bypass, now).await?)
             })
         })
         .await
         .unwrap()
     }
 
-    /// The percentage base is counted when the bound first applies and again once it is a
-    /// minute old; in between the stored one is used.
+    /// The percentage base is counted inside the check only the first time; once it is a
+    /// minute old the check keeps using it and a task counts it again outside the guard's lock.
     #[tokio::test]
-    async fn percentage_base_is_counted_at_most_once_a_minute() {
+    async fn percentage_base_is_counted_once_then_refreshed_in_the_background() {
         for db in crate::store::testing::fresh_dbs().await {
             let start = Utc::now();
             let check_at = |user: &'static str, offset_s: i64| {
@@ -423,11 +503,12 @@ mod tests {
                 async move {
                     let now = start + Duration::seconds(offset_s);
                     let r = rule(1_000_000, 1e9, 0);
+                    let handle = db.clone();
                     let verdict = db
                         .write(move |conn: &mut AnyConnection| {
                             Box::pin(async move {
                                 Ok::<_, StoreError>(
-                                    check(conn, "t", user, 1, &r, false, now).await?,
+                                    check(conn, &handle, "t", user, 1, &r, false, now).await?,
                                 )
                             })
                         })
@@ -442,9 +523,56 @@ mod tests {
             assert_eq!(first, (0, ts_from(start)));
             // Within the minute the stored base is used, though the window grew.
             assert_eq!(check_at("b", 30).await, first);
-            // A minute later it is counted again: two users in the window now.
-            let later = check_at("c", 61).await;
-            assert_eq!(later, (2, ts_from(start + Duration::seconds(61))));
+            // A minute later the check asks for a new count, made by a task of its own (its
+            // time is the task's clock, not the check's) and landing shortly: no active users,
+            // three counted in the window.
+            check_at("c", 61).await;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let base = store::read_guard(&db, "t").await.unwrap().base.unwrap();
+                if base != first {
+                    assert_eq!(base.0, 3, "{:?}", db.engine);
+                    assert_ne!(base.1, ts_from(start + Duration::seconds(61)));
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "no refresh");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    /// Starting the server counts every tenant's base in the background: a tenant's first check
+    /// then finds one and counts nothing under the lock.
+    #[tokio::test]
+    async fn bases_are_primed_for_every_tenant() {
+        use crate::directory::{Actor, Directory};
+        for db in crate::store::testing::fresh_dbs().await {
+            let tenant = db
+                .write(|c: &mut AnyConnection| {
+                    Box::pin(async move { crate::store::tenants::create_tenant(c, "g").await })
+                })
+                .await
+                .unwrap();
+            let dir = Directory::new(db.clone());
+            for name in ["x", "y"] {
+                let user = serde_json::json!({
+                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                    "userName": name,
+                });
+                dir.create_user(&Actor::system(&tenant.id), user)
+                    .await
+                    .unwrap();
+            }
+            prime_bases(&db);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let base = loop {
+                if let Some(b) = store::read_guard(&db, &tenant.id).await.unwrap().base {
+                    break b;
+                }
+                assert!(std::time::Instant::now() < deadline, "no base");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            };
+            assert_eq!(base.0, 2, "two active users ({:?})", db.engine);
         }
     }
 

@@ -626,6 +626,7 @@ pub async fn converge_with(
                 None
             };
         let d = Decision {
+            db: ctx.db.clone(),
             verdict: pre_verdict,
             tenant: tenant.to_string(),
             user_id: user_id.to_string(),
@@ -749,6 +750,7 @@ struct Decided {
 
 /// What the decision transaction needs.
 struct Decision {
+    db: crate::store::Db,
     tenant: String,
     user_id: String,
     decision: Value,
@@ -774,6 +776,9 @@ struct Decision {
 
 /// The blast-radius guard's question about one converge: may these destructive actions run?
 struct GuardCheck<'a> {
+    /// The database of the check's connection (the guard counts its percentage base there, in
+    /// the background).
+    db: &'a crate::store::Db,
     tenant: &'a str,
     user_id: &'a str,
     destructive: usize,
@@ -794,6 +799,7 @@ impl GuardCheck<'_> {
         let (tenant, user_id) = (self.tenant, self.user_id);
         let verdict = guard::check(
             conn,
+            self.db,
             tenant,
             user_id,
             self.destructive,
@@ -850,6 +856,7 @@ async fn guard_before_decision(
     now: DateTime<Utc>,
 ) -> Result<guard::Verdict, ConvergeError> {
     let (tenant, user_id, rule) = (tenant.to_string(), user_id.to_string(), rule.clone());
+    let handle = db.clone();
     db.write(move |conn: &mut AnyConnection| {
         Box::pin(async move {
             crate::store::exec(conn, "SET LOCAL synchronous_commit = off")
@@ -860,6 +867,7 @@ async fn guard_before_decision(
                     .await?
                     .is_some_and(|q| q.released.is_some());
             let check = GuardCheck {
+                db: &handle,
                 tenant: &tenant,
                 user_id: &user_id,
                 destructive,
@@ -894,6 +902,7 @@ async fn decide(conn: &mut AnyConnection, d: Decision) -> Result<Decided, Conver
         None if !d.audit_only && !d.destructive.is_empty() => {
             let bypass = held.as_ref().is_some_and(|q| q.released.is_some());
             let check = GuardCheck {
+                db: &d.db,
                 tenant,
                 user_id,
                 destructive: d.destructive.len(),

@@ -39,13 +39,13 @@ where
 }
 
 /// Active users of the tenant (the guard's percentage base).
-pub async fn count_active_users(
-    conn: &mut AnyConnection,
-    tenant_id: &str,
-) -> Result<i64, sqlx::Error> {
+pub async fn count_active_users<'e, E>(ex: E, tenant_id: &str) -> Result<i64, sqlx::Error>
+where
+    E: Executor<'e, Database = sqlx::Any>,
+{
     let row = sqlx::query("SELECT COUNT(*) FROM users WHERE tenant_id = $1 AND active = 1")
         .bind(tenant_id)
-        .fetch_one(&mut *conn)
+        .fetch_one(ex)
         .await?;
     row.try_get(0)
 }
@@ -233,7 +233,7 @@ pub async fn record_guard_action(
     Ok(())
 }
 
-/// Stores the percentage base just counted.
+/// Stores the percentage base (active users plus those counted in the window) counted at `at`.
 pub async fn set_guard_base(
     conn: &mut AnyConnection,
     tenant_id: &str,
@@ -246,6 +246,28 @@ pub async fn set_guard_base(
         .bind(at)
         .execute(&mut *conn)
         .await?;
+    Ok(())
+}
+
+/// Stores a percentage base counted outside the guard's lock: `active` users counted at `at`,
+/// plus the window's count as the row holds it now (the upsert waits for a check in flight).
+/// Creates the tenant's guard row if needed.
+pub async fn set_guard_base_from_active(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    active: i64,
+    at: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO guard_state (tenant_id, tripped, base_users, base_at) VALUES ($1, 0, $2, $3) \
+         ON CONFLICT (tenant_id) DO UPDATE SET \
+         base_users = $2 + COALESCE(guard_state.counted, 0), base_at = $3",
+    )
+    .bind(tenant_id)
+    .bind(active)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
