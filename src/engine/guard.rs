@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::AnyConnection;
 
-use super::store::{self, CountRange, GuardRow, QuarantineEntry, WindowTally};
+use super::store::{self, CountRange, GuardBase, GuardRow, QuarantineEntry, WindowTally};
 use crate::audit::{self, AuditActor, AuditEntry};
 use crate::policy::GuardRule;
 use crate::store::{ts_from, Db, StoreError};
@@ -220,7 +220,7 @@ async fn percentage_base(
         "no percentage base yet: counting it in the check"
     );
     let users = store::count_active_users(&mut *conn, tenant_id).await? + counted;
-    store::set_guard_base(conn, tenant_id, users, &ts_from(now)).await?;
+    store::set_guard_base(conn, tenant_id, GuardBase::Exact(users), &ts_from(now)).await?;
     Ok(users)
 }
 
@@ -282,7 +282,7 @@ pub async fn refresh_base(db: &Db, tenant_id: &str) -> Result<(), StoreError> {
     let tenant = tenant_id.to_string();
     db.write(move |conn: &mut AnyConnection| {
         Box::pin(async move {
-            store::set_guard_base_from_active(conn, &tenant, active, &at).await?;
+            store::set_guard_base(conn, &tenant, GuardBase::ActivePlusCounted(active), &at).await?;
             Ok::<_, StoreError>(())
         })
     })

@@ -233,38 +233,33 @@ pub async fn record_guard_action(
     Ok(())
 }
 
-/// Stores the percentage base (active users plus those counted in the window) counted at `at`.
+/// A percentage base to store (see `guard::percentage_base`).
+#[derive(Debug, Clone, Copy)]
+pub enum GuardBase {
+    /// Active users plus the window's count, as the check computed it under the lock.
+    Exact(i64),
+    /// Active users counted outside the lock; the window's count is added as the row holds it
+    /// when the upsert runs (it waits for a check in flight).
+    ActivePlusCounted(i64),
+}
+
+/// Stores the tenant's percentage base, counted at `at`, creating its guard row if needed.
 pub async fn set_guard_base(
     conn: &mut AnyConnection,
     tenant_id: &str,
-    users: i64,
+    base: GuardBase,
     at: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE guard_state SET base_users = $2, base_at = $3 WHERE tenant_id = $1")
-        .bind(tenant_id)
-        .bind(users)
-        .bind(at)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// Stores a percentage base counted outside the guard's lock: `active` users counted at `at`,
-/// plus the window's count as the row holds it now (the upsert waits for a check in flight).
-/// Creates the tenant's guard row if needed.
-pub async fn set_guard_base_from_active(
-    conn: &mut AnyConnection,
-    tenant_id: &str,
-    active: i64,
-    at: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    let (users, set) = match base {
+        GuardBase::Exact(n) => (n, "$2"),
+        GuardBase::ActivePlusCounted(n) => (n, "$2 + COALESCE(guard_state.counted, 0)"),
+    };
+    sqlx::query(&format!(
         "INSERT INTO guard_state (tenant_id, tripped, base_users, base_at) VALUES ($1, 0, $2, $3) \
-         ON CONFLICT (tenant_id) DO UPDATE SET \
-         base_users = $2 + COALESCE(guard_state.counted, 0), base_at = $3",
-    )
+         ON CONFLICT (tenant_id) DO UPDATE SET base_users = {set}, base_at = $3"
+    ))
     .bind(tenant_id)
-    .bind(active)
+    .bind(users)
     .bind(at)
     .execute(&mut *conn)
     .await?;
