@@ -25,27 +25,48 @@ impl Drop for Cleanup {
                     let _ = std::fs::remove_file(p);
                 }
             }
-            Cleanup::PgDatabase { admin_url, name } => {
-                let (admin_url, name) = (admin_url.clone(), name.clone());
-                // Drop runs in async code with no way to await: do it on a thread of our own.
-                let t = std::thread::spawn(move || {
-                    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    else {
-                        return;
-                    };
-                    rt.block_on(async move {
-                        if let Ok(mut c) = admin_connection(&admin_url).await {
-                            let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                            let _ = super::exec(&mut c, &sql).await;
-                        }
-                    });
-                });
-                let _ = t.join();
-            }
+            Cleanup::PgDatabase { admin_url, name } => drop_pg_database(admin_url, name),
         }
     }
+}
+
+/// Drops a test database, closing whatever is still connected to it. Blocks: callers are
+/// `Drop` impls in async code with no way to await, so it runs on a thread of its own.
+fn drop_pg_database(admin_url: &str, name: &str) {
+    let (admin_url, name) = (admin_url.to_string(), name.to_string());
+    let t = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            if let Ok(mut c) = admin_connection(&admin_url).await {
+                let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                let _ = super::exec(&mut c, &sql).await;
+            }
+        });
+    });
+    let _ = t.join();
+}
+
+/// Drops the PostgreSQL database `database_url` names (integration tests, when their app
+/// goes away). Does nothing for other URLs.
+pub fn drop_test_database(database_url: &str) {
+    if !database_url.starts_with("postgres") {
+        return;
+    }
+    let (base, query) = pg_base(database_url);
+    let Some(name) = database_url[base.len()..]
+        .trim_start_matches('/')
+        .split('?')
+        .next()
+        .filter(|n| !n.is_empty())
+    else {
+        return;
+    };
+    drop_pg_database(&format!("{base}/postgres{query}"), name);
 }
 
 async fn admin_connection(admin_url: &str) -> Result<AnyConnection, sqlx::Error> {

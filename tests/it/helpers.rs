@@ -20,13 +20,15 @@ pub struct TestApp {
     pub state: actix_web::web::Data<deprovd::http::AppState>,
     pub database_url: String,
     handle: actix_web::dev::ServerHandle,
+    _database: TestDatabase,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         let handle = self.handle.clone();
-        // Stop the server's worker threads; the database is left for the OS / PG to clean up.
+        // Stop the server's worker threads; the database goes with `_database` (and the SQLite
+        // file with `_dir`), dropped after this.
         drop(handle.stop(false));
     }
 }
@@ -43,7 +45,25 @@ pub async fn apps() -> Vec<TestApp> {
     out
 }
 
-pub async fn fresh_database_url(engine: &str, dir: &std::path::Path) -> String {
+/// A test's database; a PostgreSQL one is dropped with this (left behind, every run of the
+/// suite would add dozens to the server).
+pub struct TestDatabase {
+    pub url: String,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        deprovd::store::testing::drop_test_database(&self.url);
+    }
+}
+
+pub async fn fresh_database(engine: &str, dir: &std::path::Path) -> TestDatabase {
+    TestDatabase {
+        url: fresh_database_url(engine, dir).await,
+    }
+}
+
+async fn fresh_database_url(engine: &str, dir: &std::path::Path) -> String {
     match engine {
         "sqlite" => format!("sqlite://{}", dir.join("deprovd.db").display()),
         _ => {
@@ -70,7 +90,8 @@ pub async fn spawn_app(engine: &'static str) -> TestApp {
 
 pub async fn spawn_app_with(engine: &'static str, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    let database_url = fresh_database_url(engine, dir.path()).await;
+    let database = fresh_database(engine, dir.path()).await;
+    let database_url = database.url.clone();
     let mut config =
         Config::load_from(&Sources::default(), &Default::default()).expect("default config");
     config.database_url = database_url.clone();
@@ -100,6 +121,7 @@ pub async fn spawn_app_with(engine: &'static str, tweak: impl FnOnce(&mut Config
         state,
         database_url,
         handle,
+        _database: database,
         _dir: dir,
     }
 }

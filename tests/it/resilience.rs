@@ -85,7 +85,8 @@ async fn sigkill_right_after_answering_loses_nothing() {
     };
     for engine in engines {
         let dir = tempfile::tempdir().unwrap();
-        let url = fresh_database_url(engine, dir.path()).await;
+        let database = fresh_database(engine, dir.path()).await;
+        let url = database.url.clone();
         let (mut server, tokens) = start_server(&url, dir.path());
         let (scim, admin) = tokens.expect("first-run tokens");
         let client = reqwest::Client::new();
