@@ -6,9 +6,11 @@
 //! when the change it describes was committed. On PostgreSQL an appended entry is pending until
 //! the [`chainer`] links it (milliseconds after the commit); every read links pending entries
 //! first. An entry's seq is its place in the chain, so it is given when it is linked; its `at`
-//! is when it was written (causally ordered entries are linked in order). This module defines the entry, the canonical
-//! encoding that is hashed, and verification; the SQL lives in [`store`]. It does not decide what
-//! is worth auditing (callers do) and it is not a general event bus (see `notify`).
+//! is when it was written (causally ordered entries are linked in order).
+//!
+//! This module defines the entry, the canonical encoding that is hashed, and verification; the
+//! SQL lives in [`store`]. It does not decide what is worth auditing (callers do) and it is not
+//! a general event bus (see `notify`).
 //!
 //! ## The canonical encoding (version 1)
 //!
@@ -236,7 +238,7 @@ pub async fn append(
 }
 
 /// Appends several entries, in order, inside the caller's transaction: one INSERT per 32
-/// entries (and on SQLite one chain-head update) instead of statements each.
+/// entries (and on SQLite one chain-head update per 32) rather than statements for each.
 pub async fn append_many(
     conn: &mut AnyConnection,
     tenant_id: &str,

@@ -115,7 +115,7 @@ pub(crate) async fn append_many(
     entries: &[AuditEntry],
 ) -> Result<(), sqlx::Error> {
     let at = now_ts();
-    let postgres = crate::jobs::store::is_postgres(conn);
+    let postgres = crate::store::engine_of(conn) == Engine::Postgres;
     for chunk in entries.chunks(INSERT_CHUNK) {
         let unlinked: Vec<Unlinked> = chunk.iter().map(|e| Unlinked::new(e, &at)).collect();
         if postgres {
@@ -310,11 +310,7 @@ async fn link_batch(
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     pending.sort_by_key(|(id, _)| *id);
     let entries: Vec<Unlinked> = pending.into_iter().map(|(_, e)| e).collect();
-    let engine = if crate::jobs::store::is_postgres(conn) {
-        Engine::Postgres
-    } else {
-        Engine::Sqlite
-    };
+    let engine = crate::store::engine_of(conn);
     let (mut next, mut prev) = (seq + 1, hash);
     for chunk in entries.chunks(INSERT_CHUNK) {
         let (last, h) = link(conn, engine, tenant_id, next, prev, chunk).await?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::Subcommand;
 
 use crate::audit::AuditActor;
-use crate::factors::{self, link_key, EnrollMaterial, FactorType, MasterKey};
+use crate::factors::{self, link_key, EnrollMaterial, FactorType, LinkBy, MasterKey};
 use crate::store::Db;
 
 #[derive(Debug, Subcommand)]
@@ -63,9 +63,18 @@ async fn resolve_user(
     tenant_id: &str,
     user_name: &str,
 ) -> Result<(String, String), String> {
-    find_user(db, tenant_id, user_name)
+    let link_by = tenant_link_by(db, tenant_id).await?;
+    find_user(db, tenant_id, user_name, link_by)
         .await?
         .ok_or_else(|| format!("no user with userName {user_name:?} in this tenant"))
+}
+
+/// The tenant policy's `[link] by`.
+async fn tenant_link_by(db: &Db, tenant_id: &str) -> Result<LinkBy, String> {
+    let (policy, _) = crate::policy::current_policy(db, tenant_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(policy.link_by)
 }
 
 /// [`resolve_user`], None when no live user has that name.
@@ -73,6 +82,7 @@ async fn find_user(
     db: &Db,
     tenant_id: &str,
     user_name: &str,
+    link_by: LinkBy,
 ) -> Result<Option<(String, String)>, String> {
     let Some(user) = crate::directory::Directory::new(db.clone())
         .find_user_by_user_name(tenant_id, user_name)
@@ -81,13 +91,10 @@ async fn find_user(
     else {
         return Ok(None);
     };
-    let (policy, _) = crate::policy::current_policy(db, tenant_id)
-        .await
-        .map_err(|e| e.to_string())?;
-    let key = link_key(&user.resource, policy.link_by).ok_or_else(|| {
+    let key = link_key(&user.resource, link_by).ok_or_else(|| {
         format!(
             "user {user_name:?} has no {} value, which the tenant's policy ([link] by) uses to find them in the factor store",
-            policy.link_by.as_str()
+            link_by.as_str()
         )
     })?;
     Ok(Some((user.id, key)))
@@ -98,29 +105,27 @@ async fn find_user(
 /// user's factors (kept, revoked, as evidence) can still be listed by name. True when the
 /// user is live.
 async fn listing_key(db: &Db, tenant_id: &str, user_name: &str) -> Result<(String, bool), String> {
-    if let Some((_, key)) = find_user(db, tenant_id, user_name).await? {
+    let link_by = tenant_link_by(db, tenant_id).await?;
+    if let Some((_, key)) = find_user(db, tenant_id, user_name, link_by).await? {
         return Ok((key, true));
     }
-    let (policy, _) = crate::policy::current_policy(db, tenant_id)
-        .await
-        .map_err(|e| e.to_string())?;
-    let not_found = format!(
-        "no user with userName {user_name:?} in this tenant (a deleted user's factors: \
-         GET /admin/v1/users/{{id}}/factors with their SCIM id)"
-    );
-    if policy.link_by != crate::policy::LinkBy::UserName {
-        return Err(not_found);
+    let not_found = || {
+        format!(
+            "no user with userName {user_name:?} in this tenant (a deleted user's factors: \
+             GET /admin/v1/users/{{id}}/factors with their SCIM id)"
+        )
+    };
+    if link_by != LinkBy::UserName {
+        return Err(not_found());
     }
-    let key = link_key(
-        &serde_json::json!({ "userName": user_name }),
-        policy.link_by,
-    )
-    .ok_or_else(|| not_found.clone())?;
+    // The same normalisation as a live user's key.
+    let key =
+        link_key(&serde_json::json!({ "userName": user_name }), link_by).ok_or_else(not_found)?;
     let held = factors::list(db, tenant_id, &key)
         .await
         .map_err(|e| e.to_string())?;
     if held.is_empty() {
-        return Err(not_found);
+        return Err(not_found());
     }
     Ok((key, false))
 }

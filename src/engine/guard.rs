@@ -68,152 +68,134 @@ fn window_start(row: &GuardRow, now: DateTime<Utc>) -> String {
     }
 }
 
+/// What a guard check decided, and whether the tenant's percentage base should be counted
+/// again: the caller does that after its transaction ([`refresh_base_soon`]), so no count ever
+/// runs under the guard's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub verdict: Verdict,
+    pub base_stale: bool,
+}
+
+impl Checked {
+    /// A verdict with nothing else to do.
+    pub fn verdict(verdict: Verdict) -> Checked {
+        Checked {
+            verdict,
+            base_stale: false,
+        }
+    }
+}
+
 /// Decides, inside the converge's decision transaction, whether `user_id`'s `destructive`
 /// actions may run; counts them when they may. `bypass`: an admin released this user's
-/// quarantined actions (they run and do not count). `db` is the database `conn` belongs to,
-/// for counting the percentage base in the background (see [`percentage_base`]).
-#[allow(clippy::too_many_arguments)]
+/// quarantined actions (they run and do not count).
 pub async fn check(
     conn: &mut AnyConnection,
-    db: &Db,
     tenant_id: &str,
     user_id: &str,
     destructive: usize,
     rule: &GuardRule,
     bypass: bool,
     now: DateTime<Utc>,
-) -> Result<Verdict, sqlx::Error> {
+) -> Result<Checked, sqlx::Error> {
     let row = store::lock_guard(conn, tenant_id).await?;
     if row.tripped && !bypass {
-        return Ok(Verdict::Quarantine {
+        return Ok(Checked::verdict(Verdict::Quarantine {
             tripped_now: false,
             reason: row
                 .trip_reason
                 .unwrap_or_else(|| "the guard is tripped".into()),
-        });
+        }));
     }
     let since = window_start(&row, now);
     // Bring the running count to this window's start: only the rows between its old start and
     // the new one are counted (once each as they leave the window), so a check costs the same
-    // with ten users in the window or a hundred thousand.
-    let (user, counted) = match &row.tally {
-        None => {
-            store::guard_window_read(conn, tenant_id, user_id, CountRange::From(&since)).await?
-        }
-        Some(t) if t.since <= since => {
-            let (user, left) = store::guard_window_read(
-                conn,
-                tenant_id,
-                user_id,
-                CountRange::Between(&t.since, &since),
-            )
-            .await?;
-            (user, t.counted - left)
-        }
-        // The window start moved back (another replica's clock): count the rows it regained.
-        Some(t) => {
-            let (user, back) = store::guard_window_read(
-                conn,
-                tenant_id,
-                user_id,
-                CountRange::Between(&since, &t.since),
-            )
-            .await?;
-            (user, t.counted + back)
-        }
+    // with ten users in the window or a hundred thousand. A start that moved back (another
+    // replica's clock) regains the rows in between.
+    let (range, from, sign) = match &row.tally {
+        None => (CountRange::From(&since), 0, 1),
+        Some(t) if t.since <= since => (CountRange::Between(&t.since, &since), t.counted, -1),
+        Some(t) => (CountRange::Between(&since, &t.since), t.counted, 1),
     };
+    let (user, moved) = store::guard_window_read(conn, tenant_id, user_id, range).await?;
+    let counted = from + sign * moved;
     // A user already counted in the window adds nothing; their row moves to now.
     let already = user.as_ref().is_some_and(|r| !r.bypass && r.at >= since);
-    let at = ts_from(now);
-    let record = |bypass: bool| {
-        let enters = !bypass && at >= since;
-        WindowTally {
-            counted: counted - i64::from(already) + i64::from(enters),
-            since: since.clone(),
-        }
-    };
-    // Prune the window table now and then (rows older than a day count for nothing).
-    let prune = (rand::random::<u8>() < 3).then(|| ts_from(now - Duration::days(1)));
-    let n = destructive as i64;
-    if bypass {
-        let tally = record(true);
-        store::record_guard_action(
-            conn,
-            tenant_id,
-            user_id,
-            &at,
-            n,
-            true,
-            &tally,
-            prune.as_deref(),
-        )
-        .await?;
-        return Ok(Verdict::Execute);
-    }
-    if !already {
-        let count = counted;
+    let mut base_stale = false;
+    if !bypass && !already {
         // The percentage base costs a count over the tenant's users: only read it when the
-        // percentage bound can apply, and at most once a minute (see `percentage_base`).
+        // percentage bound can apply (see `percentage_base`).
         let floor = i64::try_from(rule.percent_applies_above).unwrap_or(i64::MAX);
-        let base = if count + 1 > floor {
-            percentage_base(conn, db, tenant_id, &row, count, now).await?
+        let base = if counted + 1 > floor {
+            let (base, stale) = percentage_base(conn, tenant_id, &row, counted, now).await?;
+            base_stale = stale;
+            base
         } else {
             0
         };
-        if let Some(reason) = exceeds(count + 1, base, rule) {
+        if let Some(reason) = exceeds(counted + 1, base, rule) {
             store::set_tripped(conn, tenant_id, &reason).await?;
-            return Ok(Verdict::Quarantine {
+            let verdict = Verdict::Quarantine {
                 tripped_now: true,
                 reason,
+            };
+            return Ok(Checked {
+                verdict,
+                base_stale,
             });
         }
     }
-    let tally = record(false);
-    store::record_guard_action(
-        conn,
-        tenant_id,
+    let at = ts_from(now);
+    let enters = !bypass && at >= since;
+    let tally = WindowTally {
+        counted: counted - i64::from(already) + i64::from(enters),
+        since,
+    };
+    // Prune the window table now and then (rows older than a day count for nothing).
+    let prune = (rand::random::<u8>() < 3).then(|| ts_from(now - Duration::days(1)));
+    let action = store::GuardAction {
         user_id,
-        &at,
-        n,
-        false,
-        &tally,
-        prune.as_deref(),
-    )
-    .await?;
-    Ok(Verdict::Execute)
+        at: &at,
+        actions: destructive as i64,
+        bypass,
+    };
+    store::record_guard_action(conn, tenant_id, &action, &tally, prune.as_deref()).await?;
+    Ok(Checked {
+        verdict: Verdict::Execute,
+        base_stale,
+    })
 }
 
 /// How long a counted percentage base is used before it is counted again.
 const BASE_TTL_SECONDS: i64 = 60;
 
-/// The percentage base: the tenant's active users plus the `counted` users of the window
-/// (mostly active before it began: a mass deactivation must not shrink its own denominator).
+/// The percentage base, and whether it is stale: the tenant's active users plus the `counted`
+/// users of the window (mostly active before it began: a mass deactivation must not shrink its
+/// own denominator).
 ///
 /// Counting the active users walks the tenant's users (a million index entries at a million
 /// users), and inside the check it would hold the guard's lock, and every converge of the
 /// tenant, for as long. So the base is kept on the guard row; once it is a minute old, the
-/// check still uses it and a task of its own counts again outside the lock ([`refresh_base`]).
-/// It barely moves meanwhile: a user deactivated leaves the active count and enters the
-/// window's; users created or deleted since the last count are what it can miss. The server
-/// counts every tenant's base as it starts ([`prime_bases`]); only a check that finds none (a
-/// tenant created since) counts inside the check.
+/// check still uses it and says so, and the caller has it counted again outside the lock
+/// ([`refresh_base_soon`]). It barely moves meanwhile: a user deactivated leaves the active
+/// count and enters the window's; users created or deleted since the last count are what it
+/// can miss. The server counts every tenant's base as it starts ([`prime_bases`]); only a
+/// check that finds none (a tenant created since) counts inside the check.
 async fn percentage_base(
     conn: &mut AnyConnection,
-    db: &Db,
     tenant_id: &str,
     row: &GuardRow,
     counted: i64,
     now: DateTime<Utc>,
-) -> Result<i64, sqlx::Error> {
+) -> Result<(i64, bool), sqlx::Error> {
     if let Some((users, at)) = &row.base {
         let ttl = Duration::seconds(BASE_TTL_SECONDS);
         // A base stamped well in the future (a replica's clock far off) is counted again too.
         // Only well: converges in flight began before the last count's stamp, and a base
         // "from the future" to them must not send every one of them counting again.
-        if *at < ts_from(now - ttl) || *at > ts_from(now + ttl) {
-            refresh_base_soon(db, tenant_id);
-        }
-        return Ok(*users);
+        let stale = *at < ts_from(now - ttl) || *at > ts_from(now + ttl);
+        return Ok((*users, stale));
     }
     tracing::debug!(
         tenant = tenant_id,
@@ -221,11 +203,12 @@ async fn percentage_base(
     );
     let users = store::count_active_users(&mut *conn, tenant_id).await? + counted;
     store::set_guard_base(conn, tenant_id, GuardBase::Exact(users), &ts_from(now)).await?;
-    Ok(users)
+    Ok((users, false))
 }
 
 /// Starts [`refresh_base`] for the tenant unless one is already running in this process.
-fn refresh_base_soon(db: &Db, tenant_id: &str) {
+/// Call it outside any write (a check reports `base_stale`; see [`Checked`]).
+pub fn refresh_base_soon(db: &Db, tenant_id: &str) {
     static RUNNING: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     {
         let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
@@ -482,20 +465,21 @@ mod tests {
 
     async fn check_once(db: &Db, user: &str, bypass: bool, now: DateTime<Utc>) -> Verdict {
         let (user, rule) = (user.to_string(), rule(1_000_000, 100.0, 1_000_000));
-        let handle = db.clone();
         db.write(move |conn: &mut AnyConnection| {
             Box::pin(async move {
-                Ok::<_, StoreError>(check(conn, &handle, "t", &user, 2, &rule, bypass, now).await?)
+                Ok::<_, StoreError>(check(conn, "t", &user, 2, &rule, bypass, now).await?)
             })
         })
         .await
         .unwrap()
+        .verdict
     }
 
     /// The percentage base is counted inside the check only the first time; once it is a
-    /// minute old the check keeps using it and a task counts it again outside the guard's lock.
+    /// minute old the check keeps using it and says it is stale, and a refresh counts it again
+    /// outside the guard's lock.
     #[tokio::test]
-    async fn percentage_base_is_counted_once_then_refreshed_in_the_background() {
+    async fn percentage_base_is_counted_once_then_refreshed_outside_the_check() {
         for db in crate::store::testing::fresh_dbs().await {
             let start = Utc::now();
             let check_at = |user: &'static str, offset_s: i64| {
@@ -503,30 +487,31 @@ mod tests {
                 async move {
                     let now = start + Duration::seconds(offset_s);
                     let r = rule(1_000_000, 1e9, 0);
-                    let handle = db.clone();
-                    let verdict = db
+                    let checked = db
                         .write(move |conn: &mut AnyConnection| {
                             Box::pin(async move {
                                 Ok::<_, StoreError>(
-                                    check(conn, &handle, "t", user, 1, &r, false, now).await?,
+                                    check(conn, "t", user, 1, &r, false, now).await?,
                                 )
                             })
                         })
                         .await
                         .unwrap();
-                    assert_eq!(verdict, Verdict::Execute);
-                    store::read_guard(&db, "t").await.unwrap().base.unwrap()
+                    assert_eq!(checked.verdict, Verdict::Execute);
+                    let base = store::read_guard(&db, "t").await.unwrap().base.unwrap();
+                    (base, checked.base_stale)
                 }
             };
             // No active users: the base is what the window counted (0 at the first check).
-            let first = check_at("a", 0).await;
-            assert_eq!(first, (0, ts_from(start)));
+            let (first, stale) = check_at("a", 0).await;
+            assert_eq!((first.clone(), stale), ((0, ts_from(start)), false));
             // Within the minute the stored base is used, though the window grew.
-            assert_eq!(check_at("b", 30).await, first);
-            // A minute later the check asks for a new count, made by a task of its own (its
-            // time is the task's clock, not the check's) and landing shortly: no active users,
-            // three counted in the window.
-            check_at("c", 61).await;
+            assert_eq!(check_at("b", 30).await, (first.clone(), false));
+            // A minute later the check still uses it and says it is stale...
+            assert_eq!(check_at("c", 61).await, (first.clone(), true));
+            // ...and the refresh the caller starts lands shortly: no active users, three
+            // counted in the window, stamped with the refresh's clock.
+            refresh_base_soon(&db, "t");
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
             loop {
                 let base = store::read_guard(&db, "t").await.unwrap().base.unwrap();

@@ -626,7 +626,6 @@ pub async fn converge_with(
                 None
             };
         let d = Decision {
-            db: ctx.db.clone(),
             verdict: pre_verdict,
             tenant: tenant.to_string(),
             user_id: user_id.to_string(),
@@ -648,6 +647,10 @@ pub async fn converge_with(
             .write(move |conn: &mut AnyConnection| Box::pin(async move { decide(conn, d).await }))
             .await?;
         verdict = decided.verdict;
+        if decided.base_stale {
+            // After the commit: the count runs outside the guard's lock.
+            guard::refresh_base_soon(&ctx.db, tenant);
+        }
         outcome.job_completed = decided.completed;
         if ran_locally {
             tally(&mut outcome, &decided.results);
@@ -742,6 +745,8 @@ struct LocalRun {
 /// What the decision transaction did.
 struct Decided {
     verdict: guard::Verdict,
+    /// The guard's percentage base is due to be counted again.
+    base_stale: bool,
     /// It marked the job done.
     completed: bool,
     /// The actions it ran (local stores only).
@@ -750,7 +755,6 @@ struct Decided {
 
 /// What the decision transaction needs.
 struct Decision {
-    db: crate::store::Db,
     tenant: String,
     user_id: String,
     decision: Value,
@@ -770,15 +774,12 @@ struct Decision {
     /// Run the actions here too (a store in deprovd's database).
     local: Option<LocalRun>,
     /// The guard's verdict when it was reached in a transaction of its own (PostgreSQL).
-    verdict: Option<guard::Verdict>,
+    verdict: Option<guard::Checked>,
     now: DateTime<Utc>,
 }
 
 /// The blast-radius guard's question about one converge: may these destructive actions run?
 struct GuardCheck<'a> {
-    /// The database of the check's connection (the guard counts its percentage base there, in
-    /// the background).
-    db: &'a crate::store::Db,
     tenant: &'a str,
     user_id: &'a str,
     destructive: usize,
@@ -795,11 +796,10 @@ impl GuardCheck<'_> {
         &self,
         conn: &mut AnyConnection,
         entries: &mut Vec<AuditEntry>,
-    ) -> Result<guard::Verdict, ConvergeError> {
+    ) -> Result<guard::Checked, ConvergeError> {
         let (tenant, user_id) = (self.tenant, self.user_id);
-        let verdict = guard::check(
+        let checked = guard::check(
             conn,
-            self.db,
             tenant,
             user_id,
             self.destructive,
@@ -811,7 +811,7 @@ impl GuardCheck<'_> {
         if let guard::Verdict::Quarantine {
             tripped_now: true,
             reason,
-        } = &verdict
+        } = &checked.verdict
         {
             tracing::error!(
                 tenant, user_id, %reason,
@@ -828,7 +828,7 @@ impl GuardCheck<'_> {
                 detail,
             ));
         }
-        Ok(verdict)
+        Ok(checked)
     }
 }
 
@@ -854,9 +854,8 @@ async fn guard_before_decision(
     destructive: usize,
     rule: &policy::GuardRule,
     now: DateTime<Utc>,
-) -> Result<guard::Verdict, ConvergeError> {
+) -> Result<guard::Checked, ConvergeError> {
     let (tenant, user_id, rule) = (tenant.to_string(), user_id.to_string(), rule.clone());
-    let handle = db.clone();
     db.write(move |conn: &mut AnyConnection| {
         Box::pin(async move {
             crate::store::exec(conn, "SET LOCAL synchronous_commit = off")
@@ -867,7 +866,6 @@ async fn guard_before_decision(
                     .await?
                     .is_some_and(|q| q.released.is_some());
             let check = GuardCheck {
-                db: &handle,
                 tenant: &tenant,
                 user_id: &user_id,
                 destructive,
@@ -876,9 +874,9 @@ async fn guard_before_decision(
                 now,
             };
             let mut entries = Vec::new();
-            let verdict = check.run(conn, &mut entries).await?;
+            let checked = check.run(conn, &mut entries).await?;
             audit::append_many(conn, &tenant, &entries).await?;
-            Ok(verdict)
+            Ok(checked)
         })
     })
     .await
@@ -894,15 +892,13 @@ async fn decide(conn: &mut AnyConnection, d: Decision) -> Result<Decided, Conver
     } else {
         None
     };
-    // Audit entries are appended last, in one go: on PostgreSQL the chain head stays locked
-    // from the append until commit, and every write of the tenant waits on it.
+    // Audit entries are appended last, in one statement.
     let mut entries = Vec::new();
-    let verdict = match d.verdict {
-        Some(v) => v,
+    let checked = match d.verdict {
+        Some(c) => c,
         None if !d.audit_only && !d.destructive.is_empty() => {
             let bypass = held.as_ref().is_some_and(|q| q.released.is_some());
             let check = GuardCheck {
-                db: &d.db,
                 tenant,
                 user_id,
                 destructive: d.destructive.len(),
@@ -912,8 +908,12 @@ async fn decide(conn: &mut AnyConnection, d: Decision) -> Result<Decided, Conver
             };
             check.run(conn, &mut entries).await?
         }
-        None => guard::Verdict::Execute,
+        None => guard::Checked::verdict(guard::Verdict::Execute),
     };
+    let guard::Checked {
+        verdict,
+        base_stale,
+    } = checked;
     if d.record {
         entries.push(AuditEntry::new(
             audit::kinds::POLICY_DECISION,
@@ -1014,6 +1014,7 @@ async fn decide(conn: &mut AnyConnection, d: Decision) -> Result<Decided, Conver
     audit::append_many(conn, tenant, &entries).await?;
     Ok(Decided {
         verdict,
+        base_stale,
         completed,
         results,
     })

@@ -188,16 +188,23 @@ pub async fn guard_window_read(
     Ok((user, row.try_get(2)?))
 }
 
-/// Records that `user_id`'s destructive actions ran at `at` (one row per user: the latest) and
-/// stores the tally that includes it, in one round trip.
-#[allow(clippy::too_many_arguments)]
+/// One user's destructive actions, as the guard's window records them.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardAction<'a> {
+    pub user_id: &'a str,
+    pub at: &'a str,
+    /// How many destructive actions ran.
+    pub actions: i64,
+    /// They ran because an admin released them (they do not count).
+    pub bypass: bool,
+}
+
+/// Records a user's destructive actions (one row per user: the latest) and stores the tally
+/// that includes them, in one round trip.
 pub async fn record_guard_action(
     conn: &mut AnyConnection,
     tenant_id: &str,
-    user_id: &str,
-    at: &str,
-    actions: i64,
-    bypass: bool,
+    action: &GuardAction<'_>,
     tally: &WindowTally,
     prune_before: Option<&str>,
 ) -> Result<(), sqlx::Error> {
@@ -206,17 +213,16 @@ pub async fn record_guard_action(
          ON CONFLICT (tenant_id, user_id) DO UPDATE SET at = excluded.at, \
          actions = excluded.actions, bypass = excluded.bypass";
     let set_tally = "UPDATE guard_state SET counted = $6, counted_since = $7 WHERE tenant_id = $1";
-    let sql = if crate::jobs::store::is_postgres(conn) {
-        format!("WITH a AS ({upsert} RETURNING 1) {set_tally}")
-    } else {
-        format!("{upsert}; {set_tally}")
+    let sql = match crate::store::engine_of(conn) {
+        crate::store::Engine::Postgres => format!("WITH a AS ({upsert} RETURNING 1) {set_tally}"),
+        crate::store::Engine::Sqlite => format!("{upsert}; {set_tally}"),
     };
     sqlx::query(&sql)
         .bind(tenant_id)
-        .bind(user_id)
-        .bind(at)
-        .bind(actions)
-        .bind(bypass as i64)
+        .bind(action.user_id)
+        .bind(action.at)
+        .bind(action.actions)
+        .bind(action.bypass as i64)
         .bind(tally.counted)
         .bind(&tally.since)
         .execute(&mut *conn)

@@ -411,6 +411,50 @@ async fn percentage_bound_trips_past_the_floor() {
     }
 }
 
+/// A converge whose guard check found the percentage base stale has it counted again after
+/// its transaction (outside the guard's lock), and meanwhile decides on the stored one.
+#[tokio::test]
+async fn a_stale_percentage_base_is_counted_again_after_the_converge() {
+    let policy = "[guard]\nmax_destructive_per_15m = 1000\nmax_destructive_percent_per_15m = 50\npercent_applies_above = 0\n";
+    for f in fixtures_with(policy).await {
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(f.user_with_factors(&format!("s{i}")).await);
+        }
+        // A base counted two minutes ago, when the tenant had 1000 users.
+        let old = crate::store::ts_from(chrono::Utc::now() - chrono::Duration::minutes(2));
+        f.exec(&format!(
+            "INSERT INTO guard_state (tenant_id, tripped, base_users, base_at) \
+             VALUES ('{}', 0, 1000, '{old}')",
+            f.tenant
+        ))
+        .await;
+        f.set_active(&ids[0], false).await;
+        // 1 of 1000 is under 50 %: it runs (with a fresh count of 3 it would be 1 of 3, too).
+        let o = run(&f, &ids[0]).await;
+        assert!(!o.executed.is_empty() && !o.tripped_guard);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let base = store::read_guard(f.db(), &f.tenant)
+                .await
+                .unwrap()
+                .base
+                .unwrap();
+            if base.0 != 1000 {
+                // Two active users left, plus the one counted in the window.
+                assert_eq!(base.0, 3);
+                assert!(base.1 > old);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "base not counted again"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn store_outage_fails_the_converge_retryably_then_completes() {
     for f in fixtures().await {

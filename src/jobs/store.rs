@@ -67,9 +67,8 @@ pub(crate) async fn insert(
     Ok(id)
 }
 
-/// Whether a connection talks to PostgreSQL (the few SQL differences branch on it).
-pub(crate) fn is_postgres(conn: &AnyConnection) -> bool {
-    conn.backend_name().eq_ignore_ascii_case("postgresql")
+fn is_postgres(conn: &AnyConnection) -> bool {
+    crate::store::engine_of(conn) == Engine::Postgres
 }
 
 /// See `jobs::enqueue_converge`. One statement: insert unless a pending converge job for the

@@ -524,6 +524,15 @@ where
     }
 }
 
+/// The engine a connection talks to: the few SQL differences inside a transaction branch on it.
+pub(crate) fn engine_of(conn: &AnyConnection) -> Engine {
+    if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+        Engine::Postgres
+    } else {
+        Engine::Sqlite
+    }
+}
+
 /// Run raw SQL (no parameters). Boxed so the future is `Send` for any borrow lifetime (the
 /// writer task and pool callbacks need that).
 pub(crate) fn exec<'c>(
